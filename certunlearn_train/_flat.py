@@ -1,0 +1,148 @@
+"""A model's parameters as views into one flat float32 buffer, and per-sample gradients into reused buffers.
+
+Both keep the noisy phase free of per-step copies of the model: the fused step updates the flat
+buffer in place and the model sees the result through its parameter views; gradients land in a
+flat gradient buffer (``p.grad`` are views into it) or, per sample, in a (B, d) buffer allocated
+once and refilled chunk by chunk.
+"""
+from __future__ import annotations
+
+from typing import Callable, List
+
+import torch
+from torch import nn
+
+__all__ = ["FlatParameters", "PerSampleGradients"]
+
+
+class FlatParameters:
+    """Rebind every (distinct) parameter of ``model`` to a view of one contiguous buffer.
+
+    Attributes:
+        flat: the (d,) parameter buffer; writing into it changes the model.
+        grad: the (d,) gradient buffer; ``p.grad`` of every parameter is a view into it, so a
+            plain ``backward()`` accumulates the full gradient there.
+        names, params, offsets, numels: the layout, in ``named_parameters()`` order.
+    """
+
+    def __init__(self, model: nn.Module):
+        named = list(model.named_parameters())  # shared parameters are listed once
+        self.names: List[str] = [n for n, _ in named]
+        self.params: List[nn.Parameter] = [p for _, p in named]
+        self.numels = [p.numel() for p in self.params]
+        self.offsets = [0]
+        for n in self.numels[:-1]:
+            self.offsets.append(self.offsets[-1] + n)
+        self.numel = sum(self.numels)
+        first = self.params[0]
+        self.flat = torch.empty(self.numel, dtype=first.dtype, device=first.device)
+        self.grad = torch.zeros_like(self.flat)
+        self._requires_grad = [p.requires_grad for p in self.params]
+        for p, o, n in zip(self.params, self.offsets, self.numels):
+            self.flat[o:o + n].copy_(p.detach().reshape(-1))
+            p.data = self.flat[o:o + n].view_as(p)
+            p.requires_grad_(True)
+            p.grad = self.grad[o:o + n].view_as(p)
+
+    def slices(self):
+        return [(o, o + n) for o, n in zip(self.offsets, self.numels)]
+
+    def release(self) -> None:
+        """Give every parameter its own storage again and drop the gradient views."""
+        for p, rg in zip(self.params, self._requires_grad):
+            p.data = p.data.clone()
+            p.grad = None
+            p.requires_grad_(rg)
+
+
+class PerSampleGradients:
+    """Per-sample gradients of ``loss_fn(model(x_i), y_i)`` with ``torch.func`` (vmap of grad).
+
+    Chunks of at most ``chunk_bytes`` of gradients are computed at a time: small chunks keep the
+    temporary tensors in memory the allocator reuses, instead of fresh pages that fault on first
+    touch every step.
+    """
+
+    def __init__(self, model: nn.Module, flat: FlatParameters, loss_fn: Callable,
+                 chunk_bytes: int = 8 << 20):
+        from torch.func import functional_call, grad, vmap
+        self.flat = flat
+        names = flat.names
+        buffers = dict(model.named_buffers())
+
+        def one(params, x, y):
+            out = functional_call(model, ({**dict(zip(names, params)), **buffers}),
+                                  (x.unsqueeze(0),))
+            return loss_fn(out, y.unsqueeze(0))
+
+        self._fn = vmap(grad(one), in_dims=(None, 0, 0), randomness="different")
+        self.chunk = max(1, int(chunk_bytes) // (4 * flat.numel))
+
+    def _chunks(self, x, y):
+        params = tuple(p.detach() for p in self.flat.params)
+        for i in range(0, len(x), self.chunk):
+            yield i, self._fn(params, x[i:i + self.chunk], y[i:i + self.chunk])
+
+    def fill(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Write the per-sample gradients of the batch as rows of ``out`` (B, d); return ``out[:B]``."""
+        b = len(x)
+        rows = out[:b]
+        for i, grads in self._chunks(x, y):
+            c = grads[0].shape[0]
+            for g, (lo, hi) in zip(grads, self.flat.slices()):
+                rows[i:i + c, lo:hi].copy_(g.reshape(c, -1))
+        return rows
+
+    def clipped_mean(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                     clip: float) -> torch.Tensor:
+        """``out`` (d,) <- (1/B) sum_i min(1, clip/||G_i||) G_i, one chunk at a time (no (B, d) buffer)."""
+        b = len(x)
+        out.zero_()
+        for _, grads in self._chunks(x, y):
+            c = grads[0].shape[0]
+            flat_grads = [g.reshape(c, -1) for g in grads]
+            sq = torch.zeros(c, dtype=out.dtype, device=out.device)
+            for g in flat_grads:
+                sq += g.square().sum(1)
+            scale = (clip / sq.sqrt().clamp_min(torch.finfo(out.dtype).tiny)).clamp(max=1.0) / b
+            for g, (lo, hi) in zip(flat_grads, self.flat.slices()):
+                out[lo:hi].addmv_(g.t(), scale)
+        return out
+
+
+class GradientSource:
+    """The gradient rows one noisy step hands to the fused op, from a batch ``(x, y)``.
+
+    * ``clip="batch"``: one row, the mini-batch gradient (plain ``backward`` into ``flat.grad``);
+    * ``clip="per_sample"``: B rows of per-sample gradients in a reused buffer (the op clips each
+      to C1) when B x d floats fit in ``grad_buffer_bytes``; otherwise one row, the mean of the
+      per-sample gradients each clipped to C1, accumulated chunk by chunk (the op's clip to C1 of
+      that row is then a no-op up to rounding: the mean of vectors of norm <= C1 has norm <= C1).
+    """
+
+    def __init__(self, model: nn.Module, flat: FlatParameters, clip: str, C1: float,
+                 loss_fn: Callable, batch_size: int, grad_buffer_bytes: int = 64 << 20):
+        self.model, self.flat, self.clip, self.C1, self.loss_fn = model, flat, clip, C1, loss_fn
+        self.per_sample = PerSampleGradients(model, flat, loss_fn) if clip == "per_sample" \
+            else None
+        self.grad_buffer_bytes = int(grad_buffer_bytes)
+        self.rows = None
+        if self.per_sample is not None and self._fits(batch_size):
+            self.rows = torch.empty(batch_size, flat.numel, dtype=flat.flat.dtype,
+                                    device=flat.flat.device)
+
+    def _fits(self, b: int) -> bool:
+        return b * self.flat.numel * self.flat.flat.element_size() <= self.grad_buffer_bytes
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        d = self.flat.numel
+        if self.per_sample is None:
+            self.flat.grad.zero_()
+            self.loss_fn(self.model(x), y).backward()
+            return self.flat.grad.view(1, d)
+        if self.rows is not None and len(x) > self.rows.shape[0] and self._fits(len(x)):
+            self.rows = torch.empty(len(x) + len(x) // 2, d, dtype=self.rows.dtype,
+                                    device=self.rows.device)
+        if self.rows is not None and len(x) <= self.rows.shape[0]:
+            return self.per_sample.fill(self.rows, x, y)
+        return self.per_sample.clipped_mean(self.flat.grad, x, y, self.C1).view(1, d)

@@ -1,0 +1,121 @@
+"""Small models that work with ``torch.func.vmap`` and the check every unlearned model must pass.
+
+The unlearning certificate covers the model's *parameters*: they are clipped, noised and fine-tuned.
+Anything else that is part of the released model and was computed from the training data would
+carry the forget set through untouched. :func:`check_unlearnable` therefore refuses, before any
+work is done:
+
+* modules that keep running statistics (BatchNorm, InstanceNorm with ``track_running_stats``,
+  SyncBatchNorm): their buffers were estimated on the full training set, and in train mode they
+  mix the samples of a batch, so per-sample gradients are not defined;
+* any other floating-point buffer (same leak);
+* models with no parameters, non-float32 parameters, or parameters on several devices.
+
+GroupNorm and LayerNorm (parameters only, per-sample statistics) are fine.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["MLP", "SmallCNN", "build_model", "check_unlearnable", "UnsupportedModelError",
+           "MODELS"]
+
+MODELS = ("mlp", "cnn")
+
+
+class UnsupportedModelError(ValueError):
+    """The model contains something the certified unlearning procedure cannot cover."""
+
+
+class MLP(nn.Module):
+    """Flatten, then ``Linear -> ReLU`` for each hidden width, then a ``Linear`` to the classes."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (64,)):
+        super().__init__()
+        widths = [int(in_features), *[int(h) for h in hidden]]
+        layers = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(widths[-1], int(num_classes)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x.flatten(1))
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 convolutions (the second with stride 2), ReLU, then a linear classifier."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int,
+                 channels: Tuple[int, int] = (16, 32)):
+        super().__init__()
+        c1, c2 = int(channels[0]), int(channels[1])
+        self.conv1 = nn.Conv2d(in_channels, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, stride=2)
+        side = math.ceil(image_size / 2)
+        self.fc = nn.Linear(c2 * side * side, int(num_classes))
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.flatten(1))
+
+
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kwargs) -> nn.Module:
+    """Build ``"mlp"`` or ``"cnn"`` for inputs of shape ``input_shape`` = (C, H, W)."""
+    shape = tuple(int(s) for s in input_shape)
+    if name == "mlp":
+        return MLP(int(math.prod(shape)), num_classes, **kwargs)
+    if name == "cnn":
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise UnsupportedModelError(
+                f"model 'cnn' needs square image inputs (C, H, H), got input shape {shape}")
+        return SmallCNN(shape[0], shape[1], num_classes, **kwargs)
+    raise UnsupportedModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+
+
+_RUNNING_STATS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def check_unlearnable(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedModelError` if the certificate could not cover ``model``.
+
+    See the module docstring for what is refused and why. Non-finite weights are checked
+    separately (by ``unlearn``), since they are a property of the weights, not of the architecture.
+    """
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    problems = []
+    for name, module in model.named_modules():
+        if isinstance(module, _RUNNING_STATS) and (
+                getattr(module, "track_running_stats", False) or module.training):
+            problems.append(
+                f"{name or 'model'} ({type(module).__name__}) keeps running statistics estimated "
+                "on the training data and mixes the samples of a batch; use GroupNorm or LayerNorm")
+    for name, buf in model.named_buffers():
+        if buf is not None and buf.is_floating_point() and not any(
+                name.startswith(p) for p in _stat_prefixes(model)):
+            problems.append(f"buffer {name} is floating-point state outside the parameters; the "
+                            "certificate covers parameters only")
+    params = list(model.parameters())
+    if not params:
+        problems.append("the model has no parameters")
+    bad_dtype = sorted({str(p.dtype) for p in params if p.dtype != torch.float32})
+    if bad_dtype:
+        problems.append(f"parameters must be float32, found {', '.join(bad_dtype)}")
+    devices = sorted({str(p.device) for p in params})
+    if len(devices) > 1:
+        problems.append(f"parameters must be on one device, found {', '.join(devices)}")
+    if problems:
+        raise UnsupportedModelError("model cannot be unlearned with a certificate: "
+                                    + "; ".join(problems))
+
+
+def _stat_prefixes(model):
+    # buffers of the modules already reported as running-statistics modules
+    return [f"{n}." if n else "" for n, m in model.named_modules()
+            if isinstance(m, _RUNNING_STATS)]

@@ -1,0 +1,76 @@
+"""Plain (noise-free) training, used for the original model, retraining and fine-tuning."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+__all__ = ["train", "as_tensors", "epoch_batches"]
+
+
+def as_tensors(data, device=None):
+    """``(x, y)`` tensors from a pair of arrays/tensors, a ``TensorDataset`` or an ``ArrayDataset``."""
+    from torch.utils.data import TensorDataset
+    from .data import ArrayDataset
+    if isinstance(data, ArrayDataset):
+        x, y = data.x, data.y
+    elif isinstance(data, TensorDataset):
+        if len(data.tensors) != 2:
+            raise ValueError(f"a TensorDataset must hold (x, y), got {len(data.tensors)} tensors")
+        x, y = data.tensors
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+    else:
+        raise ValueError("data must be a pair (x, y), a TensorDataset or an ArrayDataset, got "
+                         f"{type(data).__name__}")
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y)
+    if x.shape[:1] != y.shape[:1]:
+        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+    if not x.is_floating_point():
+        x = x.float()
+    return x.to(device=device, dtype=torch.float32), y.to(device=device, dtype=torch.int64)
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator):
+    """Endless stream of index batches: a fresh random permutation each epoch, split in order.
+
+    The batches depend only on ``n``, ``batch_size`` and the generator, never on a model.
+    """
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        for i in range(0, n, batch_size):
+            yield perm[i:i + batch_size]
+
+
+def train(model: nn.Module, data, *, epochs: float, lr: float, batch_size: int = 128,
+          momentum: float = 0.9, weight_decay: float = 0.0, seed: Optional[int] = None,
+          progress: bool = True, desc: str = "train") -> nn.Module:
+    """Train ``model`` in place with mini-batch SGD (cross-entropy) and return it.
+
+    ``epochs`` may be fractional: the run takes ``ceil(epochs * n / batch_size)`` steps.
+    """
+    from tqdm.auto import tqdm
+    device = next(model.parameters()).device
+    x, y = as_tensors(data, device)
+    n = len(y)
+    if n == 0:
+        raise ValueError("cannot train on an empty data set")
+    if not epochs >= 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs!r}")
+    steps = int(-(-epochs * n // batch_size))
+    if steps == 0:
+        return model
+    gen = torch.Generator()
+    gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    model.train()
+    batches = epoch_batches(n, batch_size, gen)
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False, unit="step"):
+        idx = next(batches).to(device)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    return model
