@@ -1,0 +1,340 @@
+// The fused noisy-step op: schemas (TORCH_LIBRARY), argument checks, and the CPU kernels.
+//
+// One call is one step of noisy, clipped, projected SGD on a flat float32 parameter vector x (d,)
+// from per-sample gradients G (B, d) (semantics: certunlearn_train/_reference.py):
+//   s_i = min(1, clip / ||G_i||),  u = (1 - lr wd) x - (lr / B) sum_i s_i G_i,
+//   x' = P(u) + std z  or  x' = P(u + std z),  P = projection onto radius (1 - 2^-20) * radius.
+// Row norms, the weighted column sums and the projection norm are accumulated in double.
+//
+// CPU passes (all through at::parallel_for, results independent of the thread count):
+//   1. row norms (skipped when precomputed), in fixed chunks of each row;
+//   2. per column tile: sum_i c_i G_i over all rows into a double tile that stays in L1, then
+//      u (+ noise) is written to a float32 scratch vector and its squared norm accumulated;
+//   3. after all checks pass, x = f * scratch (+ noise), f the projection factor.
+// Nothing is written to params before every value check has passed.
+#include <Python.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "noisy_step.h"
+#include "philox.h"
+
+// An empty module: importing certunlearn_train._C runs the static TORCH_LIBRARY initializers
+// below; no pybind11 is involved.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "Registers the torch.ops.certunlearn operators.", -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace certunlearn {
+
+namespace {
+
+void check_scalar(const char* name, double value, bool allow_inf) {
+  const bool ok = !std::isnan(value) && value >= 0 && (allow_inf || std::isfinite(value));
+  TORCH_CHECK_VALUE(ok, "noisy_step_: ", name, " must be a ",
+                    allow_inf ? "non-negative number (inf allowed)" : "finite non-negative number",
+                    ", got ", value);
+}
+
+void check_offset(const char* op, int64_t offset, int64_t numel) {
+  TORCH_CHECK_VALUE(offset >= 0 && blocks_for(numel) <= std::numeric_limits<int64_t>::max() - offset,
+                    op, ": offset must satisfy 0 <= offset and offset + ceil(numel/2) <= 2^63 "
+                    "(counter blocks are never reused), got offset=", offset, ", numel=", numel);
+}
+
+}  // namespace
+
+void check_step_inputs(const at::Tensor& params, const at::Tensor& grads,
+                       const std::optional<at::Tensor>& norms, double lr, double weight_decay,
+                       double clip, double noise_std, double radius, int64_t offset) {
+  TORCH_CHECK_VALUE(params.scalar_type() == at::kFloat, "noisy_step_: params must be float32, got ",
+                    params.scalar_type());
+  TORCH_CHECK_VALUE(grads.scalar_type() == at::kFloat,
+                    "noisy_step_: grads must be float32 (same dtype as params), got ",
+                    grads.scalar_type());
+  TORCH_CHECK_VALUE(params.dim() == 1 && params.numel() > 0,
+                    "noisy_step_: params must be a non-empty 1-D tensor (d,), got shape ",
+                    params.sizes());
+  const int64_t d = params.numel();
+  TORCH_CHECK_VALUE(grads.dim() == 2 && grads.size(1) == d,
+                    "noisy_step_: grads must have shape (B, d) with d = params.numel() = ", d,
+                    ", got ", grads.sizes());
+  TORCH_CHECK_VALUE(grads.size(0) > 0, "noisy_step_: grads must have B >= 1 rows, got shape ",
+                    grads.sizes());
+  TORCH_CHECK_VALUE(grads.device() == params.device(),
+                    "noisy_step_: grads must be on params' device ", params.device(), ", got ",
+                    grads.device());
+  TORCH_CHECK_VALUE(params.is_contiguous(), "noisy_step_: params must be contiguous, got strides ",
+                    params.strides());
+  TORCH_CHECK_VALUE(grads.is_contiguous(), "noisy_step_: grads must be contiguous, got strides ",
+                    grads.strides());
+  if (norms.has_value()) {
+    const at::Tensor& n = *norms;
+    TORCH_CHECK_VALUE(n.scalar_type() == at::kFloat || n.scalar_type() == at::kDouble,
+                      "noisy_step_: norms must be float32 or float64, got ", n.scalar_type());
+    TORCH_CHECK_VALUE(n.dim() == 1 && n.size(0) == grads.size(0),
+                      "noisy_step_: norms must have shape (B,) = (", grads.size(0), ",), got ",
+                      n.sizes());
+    TORCH_CHECK_VALUE(n.device() == params.device(), "noisy_step_: norms must be on params' device ",
+                      params.device(), ", got ", n.device());
+  }
+  check_scalar("lr", lr, false);
+  check_scalar("weight_decay", weight_decay, false);
+  check_scalar("clip", clip, true);
+  check_scalar("noise_std", noise_std, false);
+  check_scalar("radius", radius, true);
+  check_offset("noisy_step_", offset, d);
+}
+
+void check_noise_inputs(const at::Tensor& out, int64_t offset) {
+  TORCH_CHECK_VALUE(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
+                    "gaussian_noise_: out must be float32 or float64, got ", out.scalar_type());
+  TORCH_CHECK_VALUE(out.is_contiguous(), "gaussian_noise_: out must be contiguous, got strides ",
+                    out.strides());
+  check_offset("gaussian_noise_", offset, out.numel());
+}
+
+namespace {
+
+// Hot loops get an AVX2+FMA clone chosen at load time; the default clone is plain x86-64.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__OPTIMIZE__)
+#define CERTUNLEARN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CERTUNLEARN_CLONES
+#endif
+
+constexpr int64_t kNormChunk = int64_t{1} << 15;  // elements per row-norm task
+constexpr int64_t kTile = 1024;                   // columns per update tile (even)
+
+// sum_j p[j]^2 in double with 8 independent accumulators (vectorizable, fixed order).
+CERTUNLEARN_CLONES double sum_squares(const float* __restrict p, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int l = 0; l < 8; ++l) {
+      const double v = p[j + l];
+      acc[l] += v * v;
+    }
+  }
+  for (; j < n; ++j) {
+    const double v = p[j];
+    acc[0] += v * v;
+  }
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+// acc[j] += c * g[j] for j < n, prefetching the next row's segment.
+CERTUNLEARN_CLONES void accumulate_row(double* __restrict acc, const float* __restrict g, double c,
+                                       int64_t n, const float* next) {
+  if (next != nullptr) {
+    for (int64_t j = 0; j < n; j += 16) __builtin_prefetch(next + j);
+  }
+  for (int64_t j = 0; j < n; ++j) acc[j] += c * static_cast<double>(g[j]);
+}
+
+CERTUNLEARN_CLONES double sum_squares_of_doubles_as_float(const double* __restrict u,
+                                                          float* __restrict out, int64_t n) {
+  double acc[4] = {0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    for (int l = 0; l < 4; ++l) {
+      const float f = static_cast<float>(u[j + l]);
+      out[j + l] = f;
+      acc[l] += static_cast<double>(f) * static_cast<double>(f);
+    }
+  }
+  for (; j < n; ++j) {
+    const float f = static_cast<float>(u[j]);
+    out[j] = f;
+    acc[0] += static_cast<double>(f) * static_cast<double>(f);
+  }
+  return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+}
+
+// buf[j] += std * z[first + j] for j < n; `first` is even (tiles start at even columns).
+void add_noise(double* buf, int64_t first, int64_t n, double std, uint64_t seed, int64_t offset) {
+  for (int64_t j = 0; j < n; j += 2) {
+    double z0, z1;
+    gaussian_pair(seed, static_cast<uint64_t>(offset + (first + j) / 2), &z0, &z1);
+    buf[j] += std * z0;
+    if (j + 1 < n) buf[j + 1] += std * z1;
+  }
+}
+
+bool all_finite(const float* p, int64_t n) {
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) {
+      if (!std::isfinite(p[j])) {
+        ok = false;
+        return;
+      }
+    }
+  });
+  return ok;
+}
+
+// Row norms of G (B, d) in double; deterministic (fixed chunks, fixed summation order).
+void row_norms_cpu(const float* G, int64_t B, int64_t d, double* out) {
+  const int64_t chunks = (d + kNormChunk - 1) / kNormChunk;
+  std::vector<double> partial(static_cast<size_t>(B * chunks));
+  at::parallel_for(0, B * chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t i = t / chunks, c = t % chunks;
+      const int64_t j0 = c * kNormChunk, n = std::min(kNormChunk, d - j0);
+      partial[t] = sum_squares(G + i * d + j0, n);
+    }
+  });
+  for (int64_t i = 0; i < B; ++i) {
+    double s = 0;
+    for (int64_t c = 0; c < chunks; ++c) s += partial[i * chunks + c];
+    out[i] = std::sqrt(s);
+  }
+}
+
+at::Tensor noisy_step_cpu(at::Tensor& params, const at::Tensor& grads,
+                          const std::optional<at::Tensor>& norms, double lr, double weight_decay,
+                          double clip, double noise_std, double radius,
+                          bool noise_after_projection, int64_t seed, int64_t offset) {
+  check_step_inputs(params, grads, norms, lr, weight_decay, clip, noise_std, radius, offset);
+  TORCH_CHECK_VALUE(params.device().is_cpu(), "noisy_step_: CPU kernel called with params on ",
+                    params.device());
+  const int64_t B = grads.size(0), d = grads.size(1);
+  const float* G = grads.const_data_ptr<float>();
+  const float* x = params.const_data_ptr<float>();
+
+  at::Tensor row_norms;
+  if (norms.has_value()) {
+    row_norms = norms->to(at::kDouble).contiguous().clone();
+    const double* n = row_norms.const_data_ptr<double>();
+    for (int64_t i = 0; i < B; ++i) {
+      TORCH_CHECK_VALUE(std::isfinite(n[i]) && n[i] >= 0,
+                        "noisy_step_: norms must be finite and non-negative, got norms[", i,
+                        "] = ", n[i], " (params left unchanged)");
+    }
+  } else {
+    row_norms = at::empty({B}, params.options().dtype(at::kDouble));
+    double* n = row_norms.mutable_data_ptr<double>();
+    row_norms_cpu(G, B, d, n);
+    for (int64_t i = 0; i < B; ++i) {
+      TORCH_CHECK_VALUE(std::isfinite(n[i]), "noisy_step_: grads contain non-finite values (row ",
+                        i, "); params left unchanged");
+    }
+  }
+  const double* n = row_norms.const_data_ptr<double>();
+  std::vector<double> coef(static_cast<size_t>(B));
+  for (int64_t i = 0; i < B; ++i) {
+    const double s = n[i] > clip ? clip / n[i] : 1.0;
+    coef[i] = s * (lr / static_cast<double>(B));
+  }
+  const double a = 1.0 - lr * weight_decay;
+  const uint64_t useed = static_cast<uint64_t>(seed);
+  const bool noisy = noise_std > 0;
+
+  at::Tensor scratch = at::empty({d}, params.options());
+  float* tmp = scratch.mutable_data_ptr<float>();
+  const int64_t tiles = (d + kTile - 1) / kTile;
+  std::vector<double> tile_ss(static_cast<size_t>(tiles));
+  at::parallel_for(0, tiles, 1, [&](int64_t tb, int64_t te) {
+    alignas(64) double acc[kTile];
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t j0 = t * kTile, m = std::min(kTile, d - j0);
+      std::fill(acc, acc + m, 0.0);
+      for (int64_t i = 0; i < B; ++i) {
+        accumulate_row(acc, G + i * d + j0, coef[i], m, i + 1 < B ? G + (i + 1) * d + j0 : nullptr);
+      }
+      for (int64_t j = 0; j < m; ++j) acc[j] = a * static_cast<double>(x[j0 + j]) - acc[j];
+      if (noisy && !noise_after_projection) add_noise(acc, j0, m, noise_std, useed, offset);
+      tile_ss[t] = sum_squares_of_doubles_as_float(acc, tmp + j0, m);
+    }
+  });
+  double ss = 0;
+  for (int64_t t = 0; t < tiles; ++t) ss += tile_ss[t];
+  if (!std::isfinite(ss)) {
+    TORCH_CHECK_VALUE(all_finite(x, d),
+                      "noisy_step_: params contain non-finite values; params left unchanged");
+    TORCH_CHECK_VALUE(all_finite(G, B * d),
+                      "noisy_step_: grads contain non-finite values; params left unchanged");
+    TORCH_CHECK_VALUE(false, "noisy_step_: the update overflowed float32 (lr too large?); "
+                             "params left unchanged");
+  }
+  double f = 1.0;
+  if (std::isfinite(radius)) {
+    const double target = radius * (1.0 - kProjectionSlack);
+    const double norm = std::sqrt(ss);
+    if (norm > target) f = target / norm;
+  }
+  float* xo = params.mutable_data_ptr<float>();
+  const bool noise_last = noisy && noise_after_projection;
+  at::parallel_for(0, tiles, 1, [&](int64_t tb, int64_t te) {
+    alignas(64) double buf[kTile];
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t j0 = t * kTile, m = std::min(kTile, d - j0);
+      if (f == 1.0 && !noise_last) {
+        std::copy(tmp + j0, tmp + j0 + m, xo + j0);
+        continue;
+      }
+      for (int64_t j = 0; j < m; ++j) buf[j] = f * static_cast<double>(tmp[j0 + j]);
+      if (noise_last) add_noise(buf, j0, m, noise_std, useed, offset);
+      for (int64_t j = 0; j < m; ++j) xo[j0 + j] = static_cast<float>(buf[j]);
+    }
+  });
+  return row_norms;
+}
+
+void gaussian_noise_cpu(at::Tensor& out, int64_t seed, int64_t offset) {
+  check_noise_inputs(out, offset);
+  TORCH_CHECK_VALUE(out.device().is_cpu(), "gaussian_noise_: CPU kernel called with out on ",
+                    out.device());
+  const int64_t n = out.numel();
+  const uint64_t useed = static_cast<uint64_t>(seed);
+  const bool is_double = out.scalar_type() == at::kDouble;
+  void* base = out.mutable_data_ptr();
+  at::parallel_for(0, blocks_for(n), 1 << 12, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      double z0, z1;
+      gaussian_pair(useed, static_cast<uint64_t>(offset + k), &z0, &z1);
+      const int64_t j = 2 * k;
+      if (is_double) {
+        double* p = static_cast<double*>(base);
+        p[j] = z0;
+        if (j + 1 < n) p[j + 1] = z1;
+      } else {
+        float* p = static_cast<float*>(base);
+        p[j] = static_cast<float>(z0);
+        if (j + 1 < n) p[j + 1] = static_cast<float>(z1);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(certunlearn, m) {
+  m.def("noisy_step_(Tensor(a!) params, Tensor grads, Tensor? norms, float lr, "
+        "float weight_decay, float clip, float noise_std, float radius, "
+        "bool noise_after_projection, int seed, int offset) -> Tensor");
+  m.def("gaussian_noise_(Tensor(a!) out, int seed, int offset) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(certunlearn, CPU, m) {
+  m.impl("noisy_step_", &noisy_step_cpu);
+  m.impl("gaussian_noise_", &gaussian_noise_cpu);
+}
+
+}  // namespace certunlearn
