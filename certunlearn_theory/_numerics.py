@@ -196,7 +196,9 @@ def to_float(x: mpf, direction: Direction) -> float:
     "up" returns the smallest float >= x (a positive x below the float range gives the smallest
     positive subnormal, never 0); "down" returns the largest float <= x.
     """
-    x = mpf(x)
+    if not isinstance(x, mpf):  # never re-round an mpf to the caller's (possibly low) mp.dps
+        with mp.workdps(max(mp.dps, 30)):
+            x = mpf(x)
     if mp.isnan(x):
         raise PrecisionError("cannot convert NaN to a guarantee")
     if mp.isinf(x):
@@ -215,7 +217,9 @@ def to_float(x: mpf, direction: Direction) -> float:
 
 def finish(x: mpf, direction: Direction, as_mpf: bool):
     """Return ``x`` as an ``mpf`` (``as_mpf=True``) or as a safely rounded float."""
-    return mpf(x) if as_mpf else to_float(x, direction)
+    if as_mpf:
+        return x if isinstance(x, mpf) else mpf(x)  # an mpf keeps its own precision
+    return to_float(x, direction)
 
 
 def log_float_up(log_value: mpf) -> float:
