@@ -288,6 +288,8 @@ def _bracketed_newton(f, lo: mpf, hi: mpf, start: mpf, tol: mpf, max_iter: int =
             positive_end = x
         low, high = min(negative_end, positive_end), max(negative_end, positive_end)
         step = -value / slope if slope != 0 and mp.isfinite(slope) else None
+        if step is not None and abs(step) <= tol * (1 + abs(x)):
+            return x + step  # converged (the bracket may be far on one side)
         candidate = x + step if step is not None else None
         if candidate is None or not low < candidate < high:
             candidate = (low + high) / 2
@@ -359,7 +361,7 @@ def _solve_log_r(eps: mpf, log_delta: mpf) -> mpf:
         while f(hi)[0] <= 0:
             step *= 2
             hi = u + step
-    tol = mpf(10) ** (-(mp.dps - 3))
+    tol = mpf(10) ** (-(mp.dps - 12))
     return _bracketed_newton(f, lo, hi, u, tol)
 
 
@@ -427,6 +429,8 @@ def gaussian_sigma(eps, delta, sensitivity, *, as_mpf: bool = False):
     if as_mpf:
         return sigma
     result = to_float(sigma, "up")
+    if math.isinf(result):  # sigma beyond the float range: infinite noise is the safe answer
+        return result
     for _ in range(8):  # guard against the float landing a hair on the unsafe side
         if gaussian_delta(eps, sensitivity, result) <= delta:
             return result
@@ -451,7 +455,7 @@ def _solve_epsilon(r: mpf, log_delta: mpf) -> mpf:
     while f(hi)[0] > 0:
         lo = hi
         hi *= 2
-    tol = mpf(10) ** (-(mp.dps - 3))
+    tol = mpf(10) ** (-(mp.dps - 12))
     return _bracketed_newton(f, lo, hi, guess, tol)
 
 

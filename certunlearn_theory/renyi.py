@@ -297,7 +297,7 @@ def _linear_dp_order(rho: mpf, log_inv_delta: mpf, conversion: str) -> mpf:
     lo, hi = mp.log(u_low), mp.log(u_high)
     if hi <= lo:
         return 1 + u_low
-    v = _bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 3)))
+    v = _bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 12)))
     return 1 + mp.exp(v)
 
 
@@ -315,7 +315,7 @@ def _linear_delta_order(rho: mpf, eps: mpf, conversion: str):
 
     start = mp.log((eps + 1) / (2 * rho))
     lo, hi = _expanding_bracket(g, start, increasing=True)
-    v = _bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 3)))
+    v = _bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 12)))
     return 1 + mp.exp(v)
 
 
