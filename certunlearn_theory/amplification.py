@@ -315,7 +315,7 @@ def pabi_rho(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = Fal
     """rho_PABI of :func:`pabi_bound` alone (``D_alpha <= alpha * rho``), rounded up.
 
     >>> round(pabi_rho(0.5, 10, C0=1.0, C1=1.0, gamma=0.1), 6)
-    1.6
+    3.2
     """
     return pabi_bound(sigma, T, C0, C1, gamma, lam, sigma0=sigma0, as_mpf=as_mpf).rho
 
