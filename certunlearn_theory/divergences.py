@@ -330,7 +330,7 @@ def gaussian_delta(eps, sensitivity, sigma, *, as_mpf: bool = False):
     if sensitivity == 0:
         return mpf(0) if as_mpf else 0.0
     value = rigorous(lambda: theta(eps, sensitivity / sigma), "up", what="gaussian_delta")
-    return finish(value, "up", as_mpf)
+    return finish(min(value, mpf(1)), "up", as_mpf)  # theta <= 1: widening stops at 1
 
 
 def _solve_log_r(eps: mpf, log_delta: mpf) -> mpf:
@@ -602,6 +602,6 @@ def hockey_stick_contraction(eps, delta_in, radius, sigma, *, as_mpf: bool = Fal
     with mp.workdps(working_digits() + GUARD_DIGITS):
         # widen the exponent by an absolute amount too, then exponentiate
         log_value = log_value + mpf(10) ** (-(working_digits() - 10))
-        value = mp.exp(log_value)
+        value = min(mp.exp(log_value), delta_in)  # theta <= 1
     return finish(value, "up", as_mpf)
 
