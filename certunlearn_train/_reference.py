@@ -42,7 +42,7 @@ import torch
 
 __all__ = [
     "PHILOX_M0", "PHILOX_M1", "PHILOX_W0", "PHILOX_W1", "PROJECTION_SLACK", "MAX_OFFSET",
-    "philox4x32", "gaussian_noise_reference", "noisy_step_reference", "check_step_arguments",
+    "philox4x32", "box_muller", "gaussian_noise_reference", "noisy_step_reference", "check_step_arguments",
     "blocks_for", "seed_to_int64", "seed_from_int64",
 ]
 
@@ -132,16 +132,26 @@ def gaussian_noise_reference(numel: int, seed: int, offset: int, *, device="cpu"
     nblocks = blocks_for(numel)
     block = offset + torch.arange(nblocks, dtype=torch.int64, device=device)
     zero = torch.zeros_like(block)
-    w0, w1, w2, w3 = philox4x32((block & _MASK32, block >> 32, zero, zero),
-                                (seed & _MASK32, seed >> 32))
+    words = philox4x32((block & _MASK32, block >> 32, zero, zero), (seed & _MASK32, seed >> 32))
+    z = torch.stack(box_muller(*words), dim=1).reshape(-1)
+    return z[:numel].to(dtype)
+
+
+def box_muller(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+               w3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two float64 standard normals of Philox output words ``w0..w3`` (int64 tensors).
+
+    ``u1 = (a + 1) 2^-53`` with ``a = ((w0 << 21) ^ (w1 >> 11)) mod 2^53`` and ``u2 = b 2^-53``
+    likewise from ``w2, w3``; returns ``sqrt(-2 ln u1) * (cos 2 pi u2, sin 2 pi u2)``. The largest
+    possible radius is ``sqrt(2 * 53 ln 2) = 8.57`` (at ``a = 0``).
+    """
     a = ((w0 << 21) ^ (w1 >> 11)) & ((1 << 53) - 1)
     b = ((w2 << 21) ^ (w3 >> 11)) & ((1 << 53) - 1)
     u1 = (a + 1).to(torch.float64) * 2.0 ** -53
     u2 = b.to(torch.float64) * 2.0 ** -53
     r = torch.sqrt(-2.0 * torch.log(u1))
     theta = (2.0 * math.pi) * u2
-    z = torch.stack((r * torch.cos(theta), r * torch.sin(theta)), dim=1).reshape(-1)
-    return z[:numel].to(dtype)
+    return r * torch.cos(theta), r * torch.sin(theta)
 
 
 def _check_draw(numel, seed, offset) -> tuple[int, int, int]:

@@ -69,14 +69,8 @@ CERTUNLEARN_HD Philox4 philox4x32(Philox4 c, uint32_t k0, uint32_t k1) {
   return c;
 }
 
-// The two standard normals of counter block `block` under `seed` (layout above).
-CERTUNLEARN_HD void gaussian_pair(uint64_t seed, uint64_t block, double* z0, double* z1) {
-  Philox4 c;
-  c.v[0] = static_cast<uint32_t>(block);
-  c.v[1] = static_cast<uint32_t>(block >> 32);
-  c.v[2] = 0u;
-  c.v[3] = 0u;
-  const Philox4 w = philox4x32<10>(c, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+// Box-Muller on the four output words of one block: two standard normals (layout above).
+CERTUNLEARN_HD void box_muller(const Philox4& w, double* z0, double* z1) {
   constexpr uint64_t kMask53 = (uint64_t{1} << 53) - 1;
   const uint64_t a = ((static_cast<uint64_t>(w.v[0]) << 21) ^ (w.v[1] >> 11)) & kMask53;
   const uint64_t b = ((static_cast<uint64_t>(w.v[2]) << 21) ^ (w.v[3] >> 11)) & kMask53;
@@ -94,6 +88,17 @@ CERTUNLEARN_HD void gaussian_pair(uint64_t seed, uint64_t block, double* z0, dou
 #endif
   *z0 = r * co;
   *z1 = r * s;
+}
+
+// The two standard normals of counter block `block` under `seed` (layout above).
+CERTUNLEARN_HD void gaussian_pair(uint64_t seed, uint64_t block, double* z0, double* z1) {
+  Philox4 c;
+  c.v[0] = static_cast<uint32_t>(block);
+  c.v[1] = static_cast<uint32_t>(block >> 32);
+  c.v[2] = 0u;
+  c.v[3] = 0u;
+  box_muller(philox4x32<10>(c, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)),
+             z0, z1);
 }
 
 }  // namespace certunlearn

@@ -4,6 +4,7 @@ Source of the vectors: Random123 (D. E. Shaw Research), file tests/kat_vectors, 
 "philox4x32 10" lines (columns: counter[4], key[2], expected output[4], hex uint32), plus the
 "philox4x32 7" line for the pi-digits input, which checks that the round count is honoured.
 """
+import math
 import os
 import shutil
 import subprocess
@@ -61,9 +62,17 @@ int main() {
     double z0, z1; gaussian_pair(0xfedcba9876543210ull, (1ull << 40) + b, &z0, &z1);
     std::printf("%.17g %.17g\n", z0, z1);
   }
+  const unsigned words[3][4] = {{0u, 0u, 0u, 0u}, {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu},
+    {0x00000000u, 0x000007ffu, 0x40000000u, 0u}};
+  for (int t = 0; t < 3; ++t) {
+    Philox4 w; for (int i = 0; i < 4; ++i) w.v[i] = words[t][i];
+    double z0, z1; box_muller(w, &z0, &z1);
+    std::printf("%.17g %.17g\n", z0, z1);
+  }
   return 0;
 }
 """
+EXTREME_WORDS = [(0, 0, 0, 0), (0xffffffff,) * 4, (0, 0x7ff, 0x40000000, 0)]
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to compile the header alone")
@@ -79,3 +88,19 @@ def test_header_philox_known_answers_and_transform(tmp_path):
     z = [float(v) for line in lines[4:7] for v in line.split()]
     ref = R.gaussian_noise_reference(6, 0xfedcba9876543210, 1 << 40, dtype=torch.float64)
     torch.testing.assert_close(torch.tensor(z, dtype=torch.float64), ref, rtol=1e-14, atol=1e-15)
+    extreme = [float(v) for line in lines[7:10] for v in line.split()]
+    expected = [float(v) for w in EXTREME_WORDS
+                for v in R.box_muller(*(torch.tensor([x], dtype=torch.int64) for x in w))]
+    assert extreme == pytest.approx(expected, rel=1e-15, abs=1e-15)
+
+
+def test_box_muller_extremes():
+    """Words chosen to hit the ends of the 53-bit uniforms: the tail reaches sqrt(106 ln 2)."""
+    t = lambda *w: [float(v) for v in R.box_muller(*(torch.tensor([x]) for x in w))]
+    # a = 0 -> u1 = 2^-53, the largest radius; b = 0 -> angle 0.
+    assert t(0, 0, 0, 0) == pytest.approx([math.sqrt(2 * 53 * math.log(2)), 0.0], rel=1e-15)
+    # a = 2^53 - 1 -> u1 = 1 -> radius 0.
+    assert max(abs(v) for v in t(0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff)) == 0.0
+    # a = 0x7ff >> 11 = 0 from w1's low bits only (they are dropped); b = 2^51 -> angle pi/2.
+    z0, z1 = t(0, 0x7ff, 0x40000000, 0)
+    assert z1 == pytest.approx(math.sqrt(2 * 53 * math.log(2)), rel=1e-15) and abs(z0) < 1e-14
