@@ -12,7 +12,7 @@ from typing import Callable, List
 import torch
 from torch import nn
 
-__all__ = ["FlatParameters", "PerSampleGradients"]
+__all__ = ["FlatParameters", "PerSampleGradients", "LinearPerSampleClipping", "GradientSource"]
 
 
 class FlatParameters:
@@ -77,11 +77,24 @@ class PerSampleGradients:
 
         self._fn = vmap(grad(one), in_dims=(None, 0, 0), randomness="different")
         self.chunk = max(1, int(chunk_bytes) // (4 * flat.numel))
+        # functional_call does not always restore a module registered under two names (a tied
+        # layer used twice): keep the true Parameter objects and put them back after each call
+        self._registered = [(m, k, v) for m in model.modules()
+                            for k, v in m._parameters.items() if v is not None]
+
+    def _restore(self):
+        for m, k, v in self._registered:
+            if m._parameters.get(k) is not v:
+                m._parameters[k] = v
 
     def _chunks(self, x, y):
         params = tuple(p.detach() for p in self.flat.params)
         for i in range(0, len(x), self.chunk):
-            yield i, self._fn(params, x[i:i + self.chunk], y[i:i + self.chunk])
+            try:
+                grads = self._fn(params, x[i:i + self.chunk], y[i:i + self.chunk])
+            finally:
+                self._restore()
+            yield i, grads
 
     def fill(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Write the per-sample gradients of the batch as rows of ``out`` (B, d); return ``out[:B]``."""
@@ -110,26 +123,109 @@ class PerSampleGradients:
         return out
 
 
+class LinearPerSampleClipping:
+    """Mean of per-sample-clipped gradients for models whose parameters all sit in ``nn.Linear``.
+
+    For a linear layer applied once to a (B, in) input ``a`` with output gradient ``g`` (B, out)
+    (the gradient of the *summed* loss, so row i is sample i's own), sample i's weight gradient is
+    g_i a_i^T and its squared norm is ||g_i||^2 ||a_i||^2 (plus ||g_i||^2 for the bias). The
+    per-sample norms therefore cost one pass over the activations, and the clipped mean
+    (1/B) sum_i s_i g_i a_i^T = (s * g)^T a / B is one matrix product per layer, written straight
+    into the flat gradient buffer; no (B, d) tensor is ever formed (the "ghost clipping" identity
+    of Goodfellow 2015, "Efficient per-example gradient computations"). Exactly the same quantity
+    as the torch.func route, only cheaper. Used only with the cross-entropy loss; any model or
+    call pattern it does not cover (a layer called twice, inputs that are not 2-D) raises
+    ``NotCovered`` and the caller falls back to torch.func.
+    """
+
+    class NotCovered(Exception):
+        pass
+
+    @staticmethod
+    def applies(model: nn.Module, flat: FlatParameters, loss_fn: Callable) -> bool:
+        import torch.nn.functional as F
+        if loss_fn is not F.cross_entropy:
+            return False
+        owned = set()
+        for m in model.modules():
+            direct = list(m.parameters(recurse=False))
+            if direct and type(m) is not nn.Linear:
+                return False
+            owned.update(id(p) for p in direct)
+        return len(owned) == len(flat.params) and all(id(p) in owned for p in flat.params)
+
+    def __init__(self, model: nn.Module, flat: FlatParameters):
+        self.model, self.flat = model, flat
+        self.layers = [m for m in model.modules() if type(m) is nn.Linear]
+        where = {id(p): (lo, hi) for p, (lo, hi) in zip(flat.params, flat.slices())}
+        self.slots = [(where[id(m.weight)], where[id(m.bias)] if m.bias is not None else None)
+                      for m in self.layers]
+        self._inputs, self._outputs = {}, {}
+        self._calls = {}
+
+    def _hook(self, module, inputs, output):
+        key = id(module)
+        self._calls[key] = self._calls.get(key, 0) + 1
+        self._inputs[key] = inputs[0].detach()
+        self._outputs[key] = output
+
+    def clipped_mean(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                     clip: float) -> torch.Tensor:
+        import torch.nn.functional as F
+        self._inputs.clear(); self._outputs.clear(); self._calls.clear()
+        handles = [m.register_forward_hook(self._hook) for m in self.layers]
+        try:
+            logits = self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        b = len(x)
+        keys = [id(m) for m in self.layers]
+        if any(self._calls.get(k) != 1 for k in keys) or any(
+                self._inputs[k].dim() != 2 or self._inputs[k].shape[0] != b for k in keys):
+            raise self.NotCovered()
+        outs = [self._outputs[k] for k in keys]
+        grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), outs)
+        sq = torch.zeros(b, dtype=torch.float64, device=out.device)
+        for m, k, g in zip(self.layers, keys, grads):
+            a = self._inputs[k]
+            gg = g.double().square().sum(1)
+            sq += gg * (a.double().square().sum(1) + (1.0 if m.bias is not None else 0.0))
+        scale = ((clip / sq.sqrt().clamp_min(1e-300)).clamp(max=1.0) / b).to(out.dtype)
+        for m, k, g, (w_slot, b_slot) in zip(self.layers, keys, grads, self.slots):
+            sg = g * scale[:, None]
+            lo, hi = w_slot
+            torch.mm(sg.t(), self._inputs[k], out=out[lo:hi].view(m.out_features, m.in_features))
+            if b_slot is not None:
+                torch.sum(sg, 0, out=out[b_slot[0]:b_slot[1]])
+        self._inputs.clear(); self._outputs.clear()
+        return out
+
+
 class GradientSource:
     """The gradient rows one noisy step hands to the fused op, from a batch ``(x, y)``.
 
     * ``clip="batch"``: one row, the mini-batch gradient (plain ``backward`` into ``flat.grad``);
-    * ``clip="per_sample"``: B rows of per-sample gradients in a reused buffer (the op clips each
+    * ``clip="per_sample"`` on a model of ``nn.Linear`` layers with the cross-entropy loss: one
+      row, the clipped mean computed by :class:`LinearPerSampleClipping` (no per-sample tensors);
+    * ``clip="per_sample"`` otherwise: B rows of per-sample gradients in a reused buffer (the op clips each
       to C1) when B x d floats fit in ``grad_buffer_bytes``; otherwise one row, the mean of the
       per-sample gradients each clipped to C1, accumulated chunk by chunk (the op's clip to C1 of
       that row is then a no-op up to rounding: the mean of vectors of norm <= C1 has norm <= C1).
     """
 
     def __init__(self, model: nn.Module, flat: FlatParameters, clip: str, C1: float,
-                 loss_fn: Callable, batch_size: int, grad_buffer_bytes: int = 64 << 20):
+                 loss_fn: Callable, batch_size: int, grad_buffer_bytes: int = 64 << 20,
+                 linear_fast_path: bool = True):
         self.model, self.flat, self.clip, self.C1, self.loss_fn = model, flat, clip, C1, loss_fn
+        self.linear = LinearPerSampleClipping(model, flat) if (
+            clip == "per_sample" and linear_fast_path
+            and LinearPerSampleClipping.applies(model, flat, loss_fn)) else None
         self.per_sample = PerSampleGradients(model, flat, loss_fn) if clip == "per_sample" \
             else None
         self.grad_buffer_bytes = int(grad_buffer_bytes)
-        self.rows = None
-        if self.per_sample is not None and self._fits(batch_size):
-            self.rows = torch.empty(batch_size, flat.numel, dtype=flat.flat.dtype,
-                                    device=flat.flat.device)
+        self.batch_size = int(batch_size)
+        self.rows = None  # allocated on first use (never, on the nn.Linear route)
 
     def _fits(self, b: int) -> bool:
         return b * self.flat.numel * self.flat.flat.element_size() <= self.grad_buffer_bytes
@@ -140,9 +236,16 @@ class GradientSource:
             self.flat.grad.zero_()
             self.loss_fn(self.model(x), y).backward()
             return self.flat.grad.view(1, d)
-        if self.rows is not None and len(x) > self.rows.shape[0] and self._fits(len(x)):
-            self.rows = torch.empty(len(x) + len(x) // 2, d, dtype=self.rows.dtype,
-                                    device=self.rows.device)
+        if self.linear is not None:
+            try:
+                return self.linear.clipped_mean(self.flat.grad, x, y, self.C1).view(1, d)
+            except LinearPerSampleClipping.NotCovered:
+                self.linear = None  # this model's call pattern needs torch.func from now on
+        if (self.rows is None or len(x) > self.rows.shape[0]) and self._fits(len(x)):
+            rows = max(len(x), self.batch_size) if self.rows is None else len(x) + len(x) // 2
+            rows = rows if self._fits(rows) else len(x)
+            self.rows = torch.empty(rows, d, dtype=self.flat.flat.dtype,
+                                    device=self.flat.flat.device)
         if self.rows is not None and len(x) <= self.rows.shape[0]:
             return self.per_sample.fill(self.rows, x, y)
         return self.per_sample.clipped_mean(self.flat.grad, x, y, self.C1).view(1, d)

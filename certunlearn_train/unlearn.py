@@ -79,7 +79,7 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
                 steps: int, lr: float, lam: float, clip: str, C1: float, sigma: float,
                 radius: float, batch_size: int, generator: torch.Generator, noise,
                 loss_fn: Callable = F.cross_entropy, grad_buffer_bytes: int = 64 << 20,
-                progress: bool = True) -> None:
+                linear_fast_path: bool = True, progress: bool = True) -> None:
     """Run the T noisy steps in place on ``flat`` (see the module docstring for the update).
 
     Args:
@@ -94,7 +94,8 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
 
     d = flat.numel
     batches = epoch_batches(len(y), batch_size, generator)
-    source = GradientSource(model, flat, clip, C1, loss_fn, batch_size, grad_buffer_bytes)
+    source = GradientSource(model, flat, clip, C1, loss_fn, batch_size, grad_buffer_bytes,
+                            linear_fast_path)
     model.train()
     for _ in tqdm(range(steps), desc="noisy steps", disable=not progress, leave=False,
                   unit="step"):
@@ -115,7 +116,9 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             finetune_lr: Optional[float] = None, forget_size: Optional[int] = None,
             loss_fn: Callable = F.cross_entropy, seed: Optional[int] = None, device=None,
             inplace: bool = False, progress: bool = True,
-            grad_buffer_bytes: int = 64 << 20) -> Tuple[nn.Module, RunCertificate]:
+            grad_buffer_bytes: int = 64 << 20,
+            after_noisy_phase: Optional[Callable[[nn.Module], None]] = None,
+            ) -> Tuple[nn.Module, RunCertificate]:
     """Unlearn the forget set from ``model`` by noisy fine-tuning on ``retain_data``.
 
     Args:
@@ -135,6 +138,8 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
         seed: makes the noise and batches reproducible (tests, audits). Leave None in production:
             anyone who knows the seed can subtract the noise. The seed is never written out.
         inplace: modify ``model`` itself; by default a copy is unlearned and ``model`` is untouched.
+        after_noisy_phase: called with the model after the noisy phase, before fine-tuning (to
+            evaluate it; it must not modify the model).
 
     Returns:
         ``(unlearned_model, certificate)``; the certificate's (eps, delta) is the accountant's,
@@ -216,6 +221,8 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
                     loss_fn=loss_fn, grad_buffer_bytes=grad_buffer_bytes, progress=progress)
     finally:
         flat.release()
+    if after_noisy_phase is not None:
+        after_noisy_phase(model)
     if finetune_epochs > 0:
         train(model, (x, y), epochs=finetune_epochs, lr=finetune_lr, batch_size=batch_size,
               seed=None if seed is None else seed + 1, progress=progress, desc="fine-tune")

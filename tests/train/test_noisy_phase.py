@@ -77,22 +77,24 @@ def reference(model, x, y, *, steps, lr, lam, clip, C1, sigma, radius, batch_siz
 
 
 CASES = [
-    # name, clip, C1, sigma, radius, lam, grad_buffer_bytes
-    ("batch-noise-off", "batch", 0.3, 0.0, math.inf, 0.0, 1 << 30),
-    ("batch-noise-on", "batch", 0.3, 0.02, math.inf, 0.05, 1 << 30),
-    ("per-sample-rows-noise-off", "per_sample", 0.3, 0.0, math.inf, 0.0, 1 << 30),
-    ("per-sample-rows-noise-on", "per_sample", 0.3, 0.02, math.inf, 0.05, 1 << 30),
-    ("per-sample-chunked-noise-on", "per_sample", 0.3, 0.02, math.inf, 0.05, 0),
-    ("model-clipping-noise-on", "batch", math.inf, 0.02, 1.5, 0.05, 1 << 30),
-    ("no-clip-no-noise-is-sgd", "batch", math.inf, 0.0, math.inf, 0.0, 1 << 30),
+    # name, clip, C1, sigma, radius, lam, grad_buffer_bytes, linear_fast_path
+    ("batch-noise-off", "batch", 0.3, 0.0, math.inf, 0.0, 1 << 30, True),
+    ("batch-noise-on", "batch", 0.3, 0.02, math.inf, 0.05, 1 << 30, True),
+    ("per-sample-rows-noise-off", "per_sample", 0.3, 0.0, math.inf, 0.0, 1 << 30, False),
+    ("per-sample-rows-noise-on", "per_sample", 0.3, 0.02, math.inf, 0.05, 1 << 30, False),
+    ("per-sample-chunked-noise-on", "per_sample", 0.3, 0.02, math.inf, 0.05, 0, False),
+    ("per-sample-linear-noise-off", "per_sample", 0.3, 0.0, math.inf, 0.0, 1 << 30, True),
+    ("per-sample-linear-noise-on", "per_sample", 0.3, 0.02, math.inf, 0.05, 1 << 30, True),
+    ("model-clipping-noise-on", "batch", math.inf, 0.02, 1.5, 0.05, 1 << 30, True),
+    ("no-clip-no-noise-is-sgd", "batch", math.inf, 0.0, math.inf, 0.0, 1 << 30, True),
 ]
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
-@pytest.mark.parametrize("name, clip, C1, sigma, radius, lam, gbytes", CASES,
+@pytest.mark.parametrize("name, clip, C1, sigma, radius, lam, gbytes, linear", CASES,
                          ids=[c[0] for c in CASES])
 def test_noisy_phase_matches_reference_step_for_step(arch, name, clip, C1, sigma, radius, lam,
-                                                     gbytes):
+                                                     gbytes, linear):
     base = _models()[arch]
     x, y = _data()
     steps, lr, bs = 4, 0.2, 8  # 20 points in batches of 8, 8, 4: crosses an epoch boundary
@@ -104,7 +106,7 @@ def test_noisy_phase_matches_reference_step_for_step(arch, name, clip, C1, sigma
         gen = torch.Generator().manual_seed(11)
         noisy_phase(model, flat, x, y, steps=k, lr=lr, lam=lam, clip=clip, C1=C1, sigma=sigma,
                     radius=radius, batch_size=bs, generator=gen, noise=NoiseStream(5),
-                    grad_buffer_bytes=gbytes, progress=False)
+                    grad_buffer_bytes=gbytes, linear_fast_path=linear, progress=False)
         torch.testing.assert_close(flat.flat, ref[k - 1], rtol=1e-5, atol=2e-6,
                                    msg=lambda m: f"step {k}: {m}")
         if math.isfinite(radius) and sigma == 0:
@@ -134,3 +136,33 @@ def test_shared_parameters_appear_once():
     model = torch.nn.Sequential(lin, torch.nn.ReLU(), lin)
     flat = FlatParameters(model)
     assert flat.numel == 12
+
+
+def test_linear_route_is_used_for_mlp_and_not_for_cnn():
+    from certunlearn_train._flat import GradientSource
+    models = _models()
+    x, y = _data()
+    for arch, expected in (("mlp", True), ("cnn", False)):
+        model = models[arch]
+        src = GradientSource(model, FlatParameters(model), "per_sample", 0.3, F.cross_entropy, 8)
+        src(x[:8], y[:8])
+        assert (src.linear is not None) == expected
+        assert (src.rows is None) == expected  # no (B, d) buffer on the nn.Linear route
+
+
+def test_linear_route_falls_back_when_a_layer_is_called_twice():
+    from certunlearn_train._flat import GradientSource
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 4)
+    model = torch.nn.Sequential(lin, torch.nn.Tanh(), lin)
+    x, y = torch.randn(6, 4), torch.randint(0, 4, (6,))
+    flat = FlatParameters(model)
+    src = GradientSource(model, flat, "per_sample", 0.5, F.cross_entropy, 6)
+    rows = src(x, y)
+    assert src.linear is None and rows.shape == (6, flat.numel)
+    expected = []
+    for i in range(6):
+        g = torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]),
+                                list(model.parameters()))
+        expected.append(torch.cat([t.reshape(-1) for t in g]))
+    torch.testing.assert_close(rows, torch.stack(expected), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,186 @@
+"""Configuration files for ``certunlearn unlearn --config FILE`` (YAML or JSON, one flat mapping).
+
+Every key is checked: an unknown key, a wrong type or a value out of range gets a one-line
+:class:`ConfigError` naming the file, the key, the constraint and the value. Example (YAML)::
+
+    model_file: runs/original/model.pt   # from `certunlearn train`
+    data: digits                         # digits | mnist | cifar10 (data_root for the last two)
+    forget_fraction: 0.1                 # or forget_classes: [3]
+    forget_seed: 0
+    method: gradient_clipping            # | model_clipping | output_perturbation | retrain
+    eps: 1.0
+    delta: 1.0e-5
+    C0: 0.01
+    C1: 0.004
+    lr: 0.05
+    steps: 50
+    clip: batch                          # | per_sample
+    finetune_epochs: 40
+    out: runs/unlearned
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Dict
+
+__all__ = ["ConfigError", "load_config", "validate_config", "CONFIG_KEYS"]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names it."""
+
+
+def _real(low=None, high=None, low_open=False, allow_inf=False):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return "a number"
+        v = float(v)
+        if math.isnan(v) or (math.isinf(v) and not allow_inf):
+            return "a finite number"
+        if low is not None and (v <= low if low_open else v < low):
+            return f"a number {'>' if low_open else '>='} {low}"
+        if high is not None and v > high:
+            return f"a number <= {high}"
+        return None
+    check.numeric = True
+    return check
+
+
+def _int(low=None):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            return "an integer"
+        if low is not None and v < low:
+            return f"an integer >= {low}"
+        return None
+    return check
+
+
+def _choice(*options):
+    def check(v):
+        return None if v in options else "one of " + ", ".join(map(repr, options))
+    return check
+
+
+def _str(v):
+    return None if isinstance(v, str) and v else "a non-empty string"
+
+
+def _int_list(v):
+    if not isinstance(v, list) or not v or any(isinstance(c, bool) or not isinstance(c, int)
+                                               for c in v):
+        return "a non-empty list of integers"
+    return None
+
+
+def _optional(check):
+    def inner(v):
+        return None if v is None else check(v)
+    inner.numeric = getattr(check, "numeric", False)
+    return inner
+
+
+#: key -> (validator, default). A default of ``...`` means required.
+CONFIG_KEYS: Dict[str, Any] = {
+    "model_file": (_str, ...),
+    "data": (_choice("digits", "mnist", "cifar10"), "digits"),
+    "data_root": (_optional(_str), None),
+    "test_fraction": (_real(0.0, 1.0, low_open=True), 0.2),
+    "split_seed": (_int(0), 0),
+    "forget_fraction": (_optional(_real(0.0, 1.0, low_open=True)), None),
+    "forget_classes": (_optional(_int_list), None),
+    "forget_seed": (_int(0), 0),
+    "method": (_choice("gradient_clipping", "model_clipping", "output_perturbation", "retrain"),
+               "gradient_clipping"),
+    "eps": (_real(0.0, low_open=True), 1.0),
+    "delta": (_real(0.0, 1.0, low_open=True), 1e-5),
+    "steps": (_optional(_int(1)), None),
+    "epochs": (_optional(_real(0.0, low_open=True)), None),
+    "C0": (_optional(_real(0.0, low_open=True)), None),
+    "C1": (_optional(_real(0.0, low_open=True)), None),
+    "C2": (_optional(_real(0.0, low_open=True)), None),
+    "sigma0": (_real(0.0), 0.0),
+    "lr": (_real(0.0, low_open=True), 0.05),
+    "lam": (_real(0.0), 0.0),
+    "batch_size": (_int(1), 64),
+    "clip": (_choice("batch", "per_sample"), "batch"),
+    "finetune_epochs": (_real(0.0), 0.0),
+    "finetune_lr": (_optional(_real(0.0, low_open=True)), None),
+    "retrain_epochs": (_real(0.0, low_open=True), 40.0),
+    "seed": (_optional(_int(0)), None),
+    "out": (_str, ...),
+    "threads": (_optional(_int(1)), None),
+}
+
+
+def validate_config(raw: Any, source: str = "config") -> Dict[str, Any]:
+    """Check a mapping against :data:`CONFIG_KEYS`; return it with defaults filled in."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys to values, got "
+                          f"{type(raw).__name__}")
+    for key in raw:
+        if key not in CONFIG_KEYS:
+            raise ConfigError(f"{source}: unknown key {key!r} (allowed: "
+                              f"{', '.join(sorted(CONFIG_KEYS))})")
+    out = {}
+    for key, (check, default) in CONFIG_KEYS.items():
+        if key not in raw:
+            if default is ...:
+                raise ConfigError(f"{source}: missing required key {key!r}")
+            out[key] = default
+            continue
+        value = raw[key]
+        if getattr(check, "numeric", False) and isinstance(value, str):
+            # PyYAML reads 1e-5 (no dot) as a string; accept any float literal
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        problem = check(value)
+        if problem:
+            raise ConfigError(f"{source}: key {key!r} must be {problem}, got {value!r}")
+        out[key] = value
+    if (out["forget_fraction"] is None) == (out["forget_classes"] is None):
+        raise ConfigError(f"{source}: give exactly one of 'forget_fraction' and 'forget_classes'")
+    if out["data"] != "digits" and out["data_root"] is None:
+        raise ConfigError(f"{source}: data {out['data']!r} needs 'data_root' (a local directory)")
+    method = out["method"]
+    if method != "retrain" and out["C0"] is None:
+        raise ConfigError(f"{source}: method {method!r} needs 'C0'")
+    if method == "gradient_clipping" and out["C1"] is None:
+        raise ConfigError(f"{source}: method 'gradient_clipping' needs 'C1'")
+    if method == "model_clipping" and out["C2"] is None:
+        raise ConfigError(f"{source}: method 'model_clipping' needs 'C2'")
+    if method != "model_clipping":
+        for key in ("C2", "sigma0"):
+            if out[key]:
+                raise ConfigError(f"{source}: key {key!r} applies to model_clipping only, "
+                                  f"got {out[key]!r} with method {method!r}")
+    if out["steps"] is not None and out["epochs"] is not None:
+        raise ConfigError(f"{source}: give 'steps' or 'epochs', not both")
+    return out
+
+
+def load_config(path: str) -> Dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or JSON file and validate it."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if path.endswith(".json"):
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: invalid JSON ({exc})") from None
+    else:
+        import yaml
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: invalid YAML{where} ({first})") from None
+    return validate_config(raw, path)

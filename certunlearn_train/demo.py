@@ -1,0 +1,171 @@
+"""``certunlearn demo``: train on digits, forget 10% with a certificate, compare with retraining.
+
+Setting (chosen so the whole run takes seconds on two CPU cores):
+
+* data: scikit-learn digits, a stratified 20% test split (seed 0); a random 10% of the training
+  set (seed 0) is the forget set;
+* model: MLP 64-64-10, trained 40 epochs with SGD (lr 0.05, momentum 0.9, batch 64);
+* unlearning: gradient clipping at (eps, delta) = (1, 1e-5), lambda = 0, C0 = 0.01, lr = 0.05,
+  T = 50 steps and C1 = C0 / (lr T) = 0.004, so that T is the natural horizon C0 / (lr C1) at
+  which the amplification bound is tightest (THEORY.md section 5); batch gradients clipped
+  (``clip="batch"``, as in the paper); then 40 epochs of noise-free fine-tuning;
+* baseline: retraining from scratch on the retain set for the same 40 epochs.
+
+Why C0 is small: at eps = 1 the accumulated noise per coordinate is about 16 C0 whatever T is, so
+the clipped model's content (norm <= C0) is drowned in any case; a small C0 makes that noise the
+size of a usual initialisation, from which fine-tuning recovers like training from scratch.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import time
+from typing import Any, Dict, Optional
+
+__all__ = ["run_demo", "DEMO_SETTINGS", "QUICK_SETTINGS", "model_arch", "model_from_arch"]
+
+DEMO_SETTINGS = dict(hidden=(64,), train_epochs=40.0, lr=0.05, batch_size=64, eps=1.0,
+                     delta=1e-5, C0=0.01, steps=50, finetune_epochs=40.0, retrain_epochs=40.0,
+                     forget_fraction=0.1, test_fraction=0.2)
+QUICK_SETTINGS = dict(DEMO_SETTINGS, train_epochs=8.0, steps=20, finetune_epochs=8.0,
+                      retrain_epochs=8.0)
+
+
+def model_arch(name: str, input_shape, num_classes: int, data: Dict[str, Any],
+               **kwargs) -> Dict[str, Any]:
+    """The architecture record stored next to the weights in ``model.pt``."""
+    return {"name": name, "input_shape": [int(s) for s in input_shape],
+            "num_classes": int(num_classes),
+            "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
+            "data": dict(data)}
+
+
+def model_from_arch(arch: Dict[str, Any], state_dict=None):
+    """Rebuild the model recorded by :func:`model_arch` (and load ``state_dict`` if given)."""
+    from .models import build_model
+    try:
+        model = build_model(arch["name"], arch["input_shape"], arch["num_classes"],
+                            **arch.get("kwargs", {}))
+    except KeyError as exc:
+        raise ValueError(f"model file has no architecture record (missing {exc}); it was not "
+                         "written by certunlearn") from None
+    if state_dict is not None:
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            raise ValueError(f"weights do not fit the recorded architecture: "
+                             f"{str(exc).splitlines()[0]}") from None
+    return model
+
+
+def fresh_run_dir(kind: str) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = os.path.join("runs", f"{kind}-{stamp}")
+    path, i = base, 1
+    while os.path.exists(path):
+        i += 1
+        path = f"{base}-{i}"
+    os.makedirs(path)
+    return path
+
+
+def _fmt_table(rows) -> str:
+    header = ["", "test acc", "retain acc", "forget acc", "MIA AUC", "time (s)", "guarantee"]
+    cells = [header] + [[r[0]] + [f"{v:.3f}" if isinstance(v, float) else str(v) for v in r[1:]]
+                        for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = []
+    for k, c in enumerate(cells):
+        lines.append("  ".join(c[0].ljust(widths[0]) if i == 0 else c[i].rjust(widths[i])
+                               for i in range(len(c))).rstrip())
+        if k == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[int] = None,
+             progress: bool = True, echo=print) -> Dict[str, Any]:
+    """Run the demo; write ``certificate.json`` and ``model.pt`` into ``out``; return the numbers.
+
+    ``seed`` fixes the data order and initialisations; the unlearning noise always comes from the
+    OS entropy source unless ``seed`` is given (then the certificate records that it was chosen).
+    """
+    import torch
+    from .baselines import retrain
+    from .certificates import save_model_file, weights_sha256
+    from .data import load_dataset, select_forget, split_forget
+    from .evaluate import evaluate_model
+    from .models import MLP
+    from .train import train
+    from .unlearn import unlearn
+
+    s = QUICK_SETTINGS if quick else DEMO_SETTINGS
+    out = out or fresh_run_dir("demo")
+    os.makedirs(out, exist_ok=True)
+    data_info = {"name": "digits", "test_fraction": s["test_fraction"], "split_seed": 0,
+                 "forget_fraction": s["forget_fraction"], "forget_seed": 0}
+    train_set, test_set = load_dataset("digits", test_fraction=s["test_fraction"], split_seed=0)
+    forget_idx = select_forget(train_set.y, fraction=s["forget_fraction"], seed=0)
+    retain_set, forget_set = split_forget(train_set, forget_idx)
+    sets = dict(retain=retain_set.tensors(), forget=forget_set.tensors(), test=test_set.tensors())
+    echo(f"digits: {len(train_set)} training images ({len(forget_set)} to forget, "
+         f"{len(retain_set)} retained), {len(test_set)} test images")
+
+    base_seed = 0 if seed is None else int(seed)
+    torch.manual_seed(base_seed)
+    original = MLP(64, 10, s["hidden"])
+    t0 = time.perf_counter()
+    train(original, train_set.tensors(), epochs=s["train_epochs"], lr=s["lr"],
+          batch_size=s["batch_size"], seed=base_seed, progress=progress, desc="train original")
+    t_train = time.perf_counter() - t0
+
+    lr, C0, T = s["lr"], s["C0"], s["steps"]
+    C1 = C0 / (lr * T)
+    noisy_only = {}
+    t0 = time.perf_counter()
+    unlearned, cert = unlearn(
+        original, sets["retain"], eps=s["eps"], delta=s["delta"], method="gradient_clipping",
+        steps=T, C0=C0, C1=C1, lr=lr, batch_size=s["batch_size"], clip="batch",
+        finetune_epochs=s["finetune_epochs"], finetune_lr=lr, forget_size=len(forget_set),
+        seed=seed, progress=progress,
+        after_noisy_phase=lambda m: noisy_only.update(evaluate_model(m, **sets)))
+    t_unlearn = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    retrained, _ = retrain(original, sets["retain"], epochs=s["retrain_epochs"], lr=lr,
+                           batch_size=s["batch_size"], forget_size=len(forget_set),
+                           seed=base_seed + 1, progress=progress)
+    t_retrain = time.perf_counter() - t0
+
+    results = {"original": evaluate_model(original, **sets), "noisy_phase": noisy_only,
+               "unlearned": evaluate_model(unlearned, **sets),
+               "retrained": evaluate_model(retrained, **sets)}
+    guarantee = f"({cert.epsilon:.3g}, {cert.delta:.3g})"
+    rows = []
+    for key, label, seconds, g in (
+            ("original", "original (trained on all)", t_train, "none"),
+            ("noisy_phase", "unlearned: noisy phase", math.nan, guarantee),
+            ("unlearned", "unlearned + fine-tuned", t_unlearn, guarantee),
+            ("retrained", "retrained from scratch", t_retrain, "exact")):
+        r = results[key]
+        rows.append([label, r["test_acc"], r["retain_acc"], r["forget_acc"], r["mia_auc"],
+                     "-" if math.isnan(seconds) else f"{seconds:.1f}", g])
+    echo("")
+    echo(_fmt_table(rows))
+    echo("")
+    echo(f"noise sigma = {cert.sigma:.4g} per coordinate and step, T = {T}, C0 = {C0}, "
+         f"C1 = {C1:.3g}, lr = {lr}, {s['finetune_epochs']:g} fine-tuning epochs "
+         f"(retraining: {s['retrain_epochs']:g} epochs)")
+    echo("MIA AUC: loss-threshold attack, forget set vs test set (0.5 = indistinguishable)")
+
+    arch = model_arch("mlp", (1, 8, 8), 10, data_info, hidden=s["hidden"])
+    model_path = os.path.join(out, "model.pt")
+    cert_path = os.path.join(out, "certificate.json")
+    save_model_file(model_path, unlearned, arch)
+    cert.save(cert_path)
+    cert.verify(unlearned)
+    assert weights_sha256(unlearned) == cert.model_sha256_after
+    echo(f"wrote {cert_path} and {model_path}")
+    echo(f"check them with: certunlearn verify {cert_path} {model_path}")
+    return {"out": out, "results": results, "certificate": cert,
+            "times": {"train": t_train, "unlearn": t_unlearn, "retrain": t_retrain}}
