@@ -77,7 +77,8 @@ class RenyiCurve:
     __slots__ = ("_rho", "_orders", "_functions")
 
     def __init__(self, *, _rho=mpf(0), _orders=None, _functions=()):
-        object.__setattr__(self, "_rho", mpf(_rho))
+        # an mpf keeps its own precision: mpf(x) would round it to the ambient mp.prec
+        object.__setattr__(self, "_rho", _rho if isinstance(_rho, mpf) else mpf(_rho))
         object.__setattr__(self, "_orders", _orders)
         object.__setattr__(self, "_functions", tuple(_functions))
 
@@ -185,18 +186,19 @@ class RenyiCurve:
         return self._value(a)
 
     def _value(self, alpha: mpf) -> mpf:
-        total = alpha * self._rho
+        """eps(alpha), summed exactly (no rounding at any precision)."""
+        total = _exact_product(alpha, self._rho)
         if self._orders is not None:
             table = dict(self._orders)
             if alpha not in table:
                 raise InvalidParameterError(
                     f"alpha must be one of the orders the curve is known at "
                     f"({', '.join(mp.nstr(a, 8) for a in table)}), got {mp.nstr(alpha, 15)}")
-            total += table[alpha]
+            total = _exact_sum(total, table[alpha])
         for function in self._functions:
-            value = function(alpha)
-            total += check_real(f"curve function value at alpha={mp.nstr(alpha, 10)}", value,
-                                low=0, allow_inf=True)
+            value = check_real(f"curve function value at alpha={mp.nstr(alpha, 10)}",
+                               function(alpha), low=0, allow_inf=True)
+            total = _exact_sum(total, value)
         return total
 
     # dunder helpers ----------------------------------------------------------------------------
