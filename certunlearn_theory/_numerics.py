@@ -84,7 +84,9 @@ def check_real(name: str, value, *, low=None, high=None, low_open: bool = False,
     if isinstance(value, mpf):
         x = value
     elif isinstance(value, numbers.Integral):
-        x = mpf(int(value))
+        n = int(value)
+        with mp.workprec(max(mp.prec, n.bit_length() + 1)):  # exact for any integer
+            x = mpf(n)
     else:
         x = mpf(float(value))  # exact: every float is an mpf
     if mp.isnan(x):
