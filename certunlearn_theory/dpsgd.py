@@ -1,2 +1,381 @@
-"""(to be written)"""
-__all__: list = []
+"""DP-SGD with group privacy: the baseline for forgetting k points by training privately.
+
+Per step, DP-SGD releases a Poisson-subsampled Gaussian mechanism (sampling rate q, noise
+multiplier sigma = noise std / clipping norm). At an integer order alpha >= 2 its Renyi divergence
+(add/remove neighbours) is exactly (Mironov, Talwar, Zhang 2019, arXiv:1908.10530, Sec. 3.3)
+
+    eps(alpha) = ln(A_alpha) / (alpha - 1),
+    A_alpha = sum_{k=0}^{alpha} C(alpha, k) (1 - q)^(alpha - k) q^k exp((k^2 - k) / (2 sigma^2)),
+
+a sum of positive terms, evaluated here in mpmath. T steps compose additively (T eps(alpha)).
+The conversion to (eps1, delta1) is the improved one of :mod:`certunlearn_theory.renyi`, minimised
+over the integer orders ``DEFAULT_ORDERS``.
+
+A group of k examples (THEORY.md section 7; Dwork & Roth 2014, Thm 2.2 by induction on k) gets
+
+    (k eps1, delta1 sum_{i<k} e^(i eps1)) = (k eps1, delta1 (e^(k eps1) - 1) / (e^eps1 - 1)),
+
+with the whole geometric sum kept (dropping it understates delta by orders of magnitude for large
+k). :func:`dpsgd_epsilon` searches the per-example eps1 whose group delta meets the target;
+:func:`dpsgd_noise_multiplier` uses the split eps1 = eps/k, delta1 = delta (e^eps1 - 1)/(e^eps - 1).
+
+Speed: orders are selected with a float64 log-space evaluation; the guarantee itself is computed
+in mpmath at the selected orders (any order gives a valid bound), rounded up.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from mpmath import mp, mpf
+from scipy.special import gammaln
+
+from ._numerics import (GUARD_DIGITS, check_delta, check_epsilon, check_int, check_positive,
+                        check_real, finish, to_float, widen, working_digits)
+from .errors import InvalidParameterError, UnreachableTargetError
+from .renyi import RenyiCurve, renyi_to_delta, renyi_to_dp
+
+__all__ = ["DEFAULT_ORDERS", "DpsgdBound", "subsampled_gaussian_rdp", "dpsgd_bound",
+           "dpsgd_epsilon", "dpsgd_noise_multiplier", "group_privacy", "group_split"]
+
+DEFAULT_ORDERS = tuple(list(range(2, 65)) + [72, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512,
+                                             768, 1024])
+_NEIGHBOURS = 3  # exact evaluation at the best float order and this many on each side
+
+
+def _check_orders(orders):
+    if orders is None:
+        return DEFAULT_ORDERS
+    out = sorted({check_int("order", a, low=2) for a in orders})
+    if not out:
+        raise InvalidParameterError("orders must contain at least one integer >= 2")
+    return tuple(out)
+
+
+def _validate(noise_multiplier, sampling_rate, steps):
+    nm = check_positive("noise_multiplier", noise_multiplier)
+    q = check_real("sampling_rate", sampling_rate, low=0, high=1, low_open=True)
+    steps = check_int("steps", steps, low=1)
+    return nm, q, steps
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact RDP (mpmath) and the float64 order selection
+# ----------------------------------------------------------------------------------------------
+
+def _log_a_mp(alpha: int, q: mpf, nm: mpf) -> mpf:
+    """ln A_alpha at the current precision (log-sum-exp of positive terms, no cancellation)."""
+    if q == 1:
+        return alpha * (alpha - 1) / (2 * nm * nm)
+    log_1mq = mp.log1p(-q)
+    log_q = mp.log(q)
+    inv = 1 / (2 * nm * nm)
+    terms = []
+    log_binom = mpf(0)
+    for k in range(alpha + 1):
+        if k:
+            log_binom += mp.log(mpf(alpha - k + 1) / k)
+        terms.append(log_binom + (alpha - k) * log_1mq + k * log_q + k * (k - 1) * inv)
+    top = max(terms)
+    return top + mp.log(mp.fsum(mp.exp(t - top) for t in terms))
+
+
+def subsampled_gaussian_rdp(order, noise_multiplier, sampling_rate, *, steps=1, as_mpf=False):
+    """Renyi DP of ``steps`` Poisson-subsampled Gaussian steps at an integer order, rounded up.
+
+    ``steps * ln(A_alpha)/(alpha - 1)`` with ``A_alpha`` the binomial sum of the module docstring
+    (Mironov, Talwar, Zhang 2019, Sec. 3.3), a sum of positive terms computed at the working
+    precision plus guard digits and widened upward by a relative 10^-(P-10).
+
+    >>> round(subsampled_gaussian_rdp(2, 1.0, 1.0), 12)  # q = 1: the Gaussian, alpha/(2 sigma^2)
+    1.0
+    """
+    alpha = check_int("order", order, low=2)
+    nm, q, steps = _validate(noise_multiplier, sampling_rate, steps)
+    with mp.workdps(working_digits() + GUARD_DIGITS):
+        value = steps * _log_a_mp(alpha, q, nm) / (alpha - 1)
+        value = widen(value, "up")
+    return finish(value, "up", as_mpf)
+
+
+@functools.lru_cache(maxsize=8)
+def _order_tables(orders: tuple):
+    """Padded (orders x terms) tables of ln C(alpha, k), k and alpha - k; padding is masked."""
+    width = max(orders) + 1
+    k = np.arange(width, dtype=float)[None, :]
+    a = np.asarray(orders, dtype=float)[:, None]
+    mask = k <= a
+    with np.errstate(invalid="ignore"):
+        log_binom = np.where(mask, gammaln(a + 1) - gammaln(k + 1) - gammaln(np.maximum(a - k, 0) + 1),
+                             -np.inf)
+    return log_binom, k, np.where(mask, a - k, 0.0), a[:, 0]
+
+
+def _rdp_float(nm: float, q: float, orders) -> np.ndarray:
+    """Per-step RDP at the given integer orders in float64 log space (order selection only)."""
+    orders = tuple(orders)
+    if q == 1.0:
+        return np.array([a / (2 * nm * nm) for a in orders], dtype=float)
+    log_binom, k, a_minus_k, a = _order_tables(orders)
+    terms = log_binom + a_minus_k * math.log1p(-q) + k * math.log(q) + k * (k - 1) / (2 * nm * nm)
+    top = terms.max(axis=1, keepdims=True)
+    return (top[:, 0] + np.log(np.exp(terms - top).sum(axis=1))) / (a - 1)
+
+
+def _eps_float(total_rdp: np.ndarray, orders, delta: float) -> tuple[float, int]:
+    """Improved conversion in float64 over the orders: (eps, index of the best order)."""
+    a = np.asarray(orders, dtype=float)
+    eps = total_rdp + np.log1p(-1 / a) - (math.log(delta) + np.log(a)) / (a - 1)
+    i = int(np.argmin(eps))
+    return max(float(eps[i]), 0.0), i
+
+
+def _log_delta_float(total_rdp: np.ndarray, orders, eps: float) -> tuple[float, int]:
+    a = np.asarray(orders, dtype=float)
+    logd = (a - 1) * (total_rdp - eps + np.log1p(-1 / a)) - np.log(a)
+    i = int(np.argmin(logd))
+    return min(float(logd[i]), 0.0), i
+
+
+def _log_group_factor(eps1: float, k: int) -> float:
+    """ln((e^(k eps1) - 1) / (e^eps1 - 1)) (= ln k at eps1 = 0)."""
+    if k == 1:
+        return 0.0
+    if eps1 == 0:
+        return math.log(k)
+
+    def log_expm1(x):
+        return x + math.log(-math.expm1(-x)) if x > 1 else math.log(math.expm1(x))
+    return log_expm1(k * eps1) - log_expm1(eps1)
+
+
+def _exact_curve(nm: mpf, q: mpf, steps: int, orders, centre: int):
+    lo, hi = max(0, centre - _NEIGHBOURS), min(len(orders), centre + _NEIGHBOURS + 1)
+    chosen = orders[lo:hi]
+    with mp.workdps(working_digits() + GUARD_DIGITS):
+        values = {a: widen(steps * _log_a_mp(a, q, nm) / (a - 1), "up") for a in chosen}
+    return RenyiCurve.from_orders(values), values
+
+
+def _group_factor_mp(eps1: mpf, k: int) -> mpf:
+    with mp.workdps(working_digits() + GUARD_DIGITS):
+        if k == 1:
+            return mpf(1)
+        if eps1 == 0:
+            return mpf(k)
+        return widen(mp.expm1(k * eps1) / mp.expm1(eps1), "up")
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+def group_privacy(eps1, delta1, group_size, *, as_mpf=False):
+    """Lift a per-example (eps1, delta1) guarantee to a group of k examples, rounded UP.
+
+    ``(k eps1, delta1 sum_{i<k} e^(i eps1)) = (k eps1, delta1 (e^(k eps1) - 1)/(e^eps1 - 1))``
+    (Dwork & Roth 2014, Thm 2.2, induction over k neighbouring datasets; THEORY.md section 7).
+    The delta is capped at 1.
+
+    >>> group_privacy(0.5, 1e-6, 1)
+    (0.5, 1e-06)
+    """
+    eps1 = check_epsilon(eps1, "eps1")
+    delta1 = check_real("delta1", delta1, low=0, high=1)
+    k = check_int("group_size", group_size, low=1)
+    with mp.workdps(working_digits() + GUARD_DIGITS):
+        eps = k * eps1
+        delta = min(mpf(1), delta1 * _group_factor_mp(eps1, k))
+        if k > 1:
+            eps, delta = widen(eps, "up"), min(mpf(1), widen(delta, "up"))
+    return finish(eps, "up", as_mpf), finish(delta, "up", as_mpf)
+
+
+def group_split(eps, delta, group_size, *, as_mpf=False):
+    """Per-example target (eps1, delta1) whose group-of-k lift is exactly (eps, delta).
+
+    ``eps1 = eps/k`` and ``delta1 = delta (e^eps1 - 1)/(e^eps - 1)`` (THEORY.md section 7; the
+    whole geometric sum, not its largest term). Both are rounded DOWN (a smaller per-example
+    target is safe).
+
+    >>> e1, d1 = group_split(1.0, 1e-5, 6000)
+    >>> round(e1 * 6000, 12), d1 < 1e-9
+    (1.0, True)
+    """
+    eps = check_epsilon(eps)
+    delta = check_delta(delta)
+    k = check_int("group_size", group_size, low=1)
+    with mp.workdps(working_digits() + GUARD_DIGITS):
+        if k == 1:
+            return finish(eps, "down", as_mpf), finish(delta, "down", as_mpf)
+        eps1 = widen(eps / k, "down")
+        delta1 = delta / k if eps == 0 else widen(delta * mp.expm1(eps1) / mp.expm1(eps), "down")
+    return finish(eps1, "down", as_mpf), finish(delta1, "down", as_mpf)
+
+@dataclass(frozen=True)
+class DpsgdBound:
+    """An (eps, delta) group guarantee of DP-SGD and its derivation.
+
+    Attributes:
+        eps: group epsilon, k * eps1, rounded up.
+        delta: the target group delta.
+        eps1, delta1: the per-example guarantee used (delta1 rounded up).
+        group_size: k.
+        orders: {order: total RDP at that order (rounded up)} evaluated exactly.
+        order: the order achieving the per-example guarantee.
+    """
+    eps: float
+    delta: float
+    eps1: float
+    delta1: float
+    group_size: int
+    orders: dict
+    order: int
+
+
+def _search_eps1(rdp_total: np.ndarray, orders, delta: float, k: int) -> float:
+    """Smallest eps1 (float search) with delta1(eps1) * group factor <= delta."""
+    log_target = math.log(delta)
+
+    def ok(e1):
+        return _log_delta_float(rdp_total, orders, e1)[0] + _log_group_factor(e1, k) <= log_target
+
+    hi = max(_eps_float(rdp_total, orders, delta / k)[0], 1e-12)
+    # the group factor grows with eps1, so the crossing can move: grow until the condition holds
+    for _ in range(200):
+        if ok(hi):
+            break
+        hi *= 1.5
+    else:
+        raise UnreachableTargetError(
+            f"no per-example epsilon gives group delta <= {delta} for k={k} with the orders used",
+            best=None)
+    lo = hi / 1.5
+    while lo > 1e-300 and ok(lo):
+        hi, lo = lo, lo / 1.5
+    for _ in range(200):
+        if hi - lo <= 1e-13 * hi:
+            break
+        mid = 0.5 * (lo + hi)
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def dpsgd_bound(noise_multiplier, sampling_rate, steps, delta, *, group_size=1,
+                orders=None) -> DpsgdBound:
+    """(eps, delta) group guarantee of DP-SGD with its derivation (see :func:`dpsgd_epsilon`)."""
+    nm, q, steps = _validate(noise_multiplier, sampling_rate, steps)
+    delta_m = check_delta(delta)
+    k = check_int("group_size", group_size, low=1)
+    orders = _check_orders(orders)
+    rdp_total = steps * _rdp_float(float(nm), float(q), orders)
+    if k == 1:
+        _, centre = _eps_float(rdp_total, orders, float(delta))
+        curve, values = _exact_curve(nm, q, steps, orders, centre)
+        eps, order = renyi_to_dp(curve, delta_m, with_order=True, as_mpf=True)
+        return DpsgdBound(eps=to_float(eps, "up"), delta=float(delta), eps1=to_float(eps, "up"),
+                          delta1=float(delta), group_size=1,
+                          orders={int(a): to_float(v, "up") for a, v in values.items()},
+                          order=int(order))
+    eps1 = _search_eps1(rdp_total, orders, float(delta), k)
+    _, centre = _log_delta_float(rdp_total, orders, eps1)
+    curve, values = _exact_curve(nm, q, steps, orders, centre)
+    log_target = mp.log(delta_m)
+    bump = 1e-12
+    for _ in range(60):
+        e1 = mpf(eps1)
+        delta1, order = renyi_to_delta(curve, e1, with_order=True, as_mpf=True)
+        with mp.workdps(working_digits() + GUARD_DIGITS):
+            group_delta = widen(delta1 * _group_factor_mp(e1, k), "up")
+            if group_delta > 0 and mp.log(group_delta) <= log_target:
+                eps = widen(k * e1, "up")
+                return DpsgdBound(eps=to_float(eps, "up"), delta=float(delta),
+                                  eps1=to_float(e1, "up"), delta1=to_float(delta1, "up"),
+                                  group_size=k,
+                                  orders={int(a): to_float(v, "up") for a, v in values.items()},
+                                  order=int(order))
+        eps1 *= 1 + bump
+        bump *= 4
+    raise UnreachableTargetError(f"could not certify group delta <= {delta} for k={k}")
+
+
+def dpsgd_epsilon(noise_multiplier, sampling_rate, steps, delta, *, group_size=1, orders=None):
+    """Epsilon of DP-SGD (Poisson sampling, Gaussian noise) for a group of k examples, rounded UP.
+
+    Per-example RDP of the subsampled Gaussian at integer orders (Mironov, Talwar, Zhang 2019,
+    exact binomial sum, composed over ``steps``), converted to (eps1, delta1) with the improved
+    conversion (Canonne, Kamath, Steinke 2020, Prop. 12), lifted to the group by
+    (k eps1, delta1 (e^(k eps1) - 1)/(e^eps1 - 1)) (THEORY.md section 7). For k > 1 the returned
+    eps is k times the smallest eps1 (searched to a relative 1e-13) whose group delta is at most
+    ``delta``; the final numbers are verified in mpmath.
+
+    Args:
+        noise_multiplier: noise std divided by the clipping norm, > 0.
+        sampling_rate: Poisson sampling probability q in (0, 1].
+        steps: number of steps, >= 1.
+        delta: target (group) delta in (0, 1).
+        group_size: k >= 1, the number of examples to protect together.
+        orders: integer orders >= 2 to optimise over (default ``DEFAULT_ORDERS``).
+
+    >>> dpsgd_epsilon(1.0, 0.01, 1000, 1e-5) > 0
+    True
+    """
+    return dpsgd_bound(noise_multiplier, sampling_rate, steps, delta, group_size=group_size,
+                       orders=orders).eps
+
+
+def dpsgd_noise_multiplier(eps, delta, sampling_rate, steps, *, group_size=1, orders=None):
+    """Smallest noise multiplier whose DP-SGD group guarantee is (eps, delta), rounded UP.
+
+    The target is split as eps1 = eps/k and delta1 = delta (e^eps1 - 1)/(e^eps - 1) (THEORY.md
+    section 7, with the exact geometric sum), then the per-example noise is found by bisection on
+    the noise multiplier (float search) and checked with :func:`dpsgd_epsilon`; the returned value
+    is the bracket end whose certified epsilon is <= eps.
+
+    >>> nm = dpsgd_noise_multiplier(1.0, 1e-5, 0.01, 1000)
+    >>> dpsgd_epsilon(nm, 0.01, 1000, 1e-5) <= 1.0
+    True
+    """
+    eps_m = check_epsilon(eps)
+    if eps_m == 0:
+        raise InvalidParameterError("eps must be > 0 for DP-SGD calibration, got 0")
+    delta_m = check_delta(delta)
+    q = check_real("sampling_rate", sampling_rate, low=0, high=1, low_open=True)
+    steps = check_int("steps", steps, low=1)
+    k = check_int("group_size", group_size, low=1)
+    orders = _check_orders(orders)
+    eps1, delta1 = group_split(eps, delta, k)
+    if delta1 <= 0:
+        raise UnreachableTargetError(
+            f"the per-example delta for k={k} underflows: (eps={eps}, delta={delta}) is out of "
+            f"reach for this group size", best=None)
+
+    def eps_of(nm):
+        return _eps_float(steps * _rdp_float(nm, float(q), orders), orders, delta1)[0]
+
+    lo, hi = 1e-3, 1.0
+    while eps_of(hi) > eps1:
+        lo, hi = hi, hi * 2
+        if hi > 1e12:
+            raise UnreachableTargetError("no noise multiplier below 1e12 reaches the target")
+    while eps_of(lo) <= eps1 and lo > 1e-6:
+        hi, lo = lo, lo / 2
+    while hi - lo > 1e-12 * hi:
+        mid = 0.5 * (lo + hi)
+        if eps_of(mid) <= eps1:
+            hi = mid
+        else:
+            lo = mid
+    nm = hi
+    step = 1e-12
+    for _ in range(80):
+        if dpsgd_epsilon(nm, sampling_rate, steps, delta, group_size=k, orders=orders) <= eps:
+            return nm
+        nm = math.nextafter(nm * (1 + step), math.inf)
+        step *= 2
+    raise UnreachableTargetError("could not certify a noise multiplier for the target")
