@@ -28,7 +28,12 @@ from .train import as_tensors, train
 from .unlearn import _param, clip_to_ball_
 from ._flat import FlatParameters, GradientSource
 
-__all__ = ["retrain", "output_perturbation", "dpsgd_train", "reinitialize_"]
+__all__ = ["retrain", "output_perturbation", "dpsgd_train", "reinitialize_", "poisson_batch"]
+
+
+def poisson_batch(n: int, q: float, generator: torch.Generator) -> torch.Tensor:
+    """Indices of a Poisson-sampled batch: each of the n points independently with probability q."""
+    return torch.nonzero(torch.rand(n, generator=generator, dtype=torch.float64) < q).flatten()
 
 
 def reinitialize_(model: nn.Module, seed: Optional[int] = None) -> nn.Module:
@@ -172,7 +177,7 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
         model.train()
         for _ in tqdm(range(steps), desc="DP-SGD", disable=not progress, leave=False,
                       unit="step"):
-            idx = torch.nonzero(torch.rand(n, generator=gen) < q).flatten().to(x.device)
+            idx = poisson_batch(n, q, gen).to(x.device)
             s, o = noise.take(flat.numel)
             b = len(idx)
             grads = source(x[idx], y[idx]) if b else zero_row
