@@ -133,11 +133,18 @@ def _mills_difference_asymptotic(a: mpf, r: mpf) -> mpf:
             raise PrecisionError("asymptotic series of a Mills' ratio difference did not converge")
 
 
+def _m_digits(eps: mpf, r: mpf) -> int:
+    """Digits lost forming m = eps/r - r/2 (about log10(1 + eps/r)) and squaring it."""
+    with mp.workdps(15):
+        return int(mp.ceil(mp.log10(1 + eps / r))) + 2
+
+
 def _extra_digits_for(eps: mpf, r: mpf) -> int:
     """Working digits lost to cancellation in theta, about log10((|m| + 1 + r)/r)."""
-    with mp.workdps(15):
+    with mp.workdps(15 + _m_digits(eps, r)):
         m = abs(eps / r - r / 2)
-        return max(0, int(mp.ceil(mp.log10((m + 1 + r) / r))))
+    with mp.workdps(15):
+        return max(0, int(mp.ceil(mp.log10((m + 1 + r) / r)))) + _m_digits(eps, r)
 
 
 def _theta_direct(eps: mpf, r: mpf) -> mpf:
@@ -172,9 +179,9 @@ def _theta_direct(eps: mpf, r: mpf) -> mpf:
 def _log_theta_asymptotic(eps: mpf, r: mpf) -> mpf:
     """ln theta for m >= 1000, accurate to an absolute 10^-(dps+5) (enough for exp)."""
     target = mp.dps
+    m_est = _m_estimate(eps, r)
     with mp.workdps(20):
-        m_est = eps / r - r / 2
-        extra = 10 + int(mp.ceil(mp.log10(m_est * m_est)))
+        extra = 10 + _m_digits(eps, r) + int(mp.ceil(mp.log10(m_est * m_est)))
         extra += int(mp.ceil(mp.log10((eps / r) / m_est)))
     with mp.workdps(target + extra):
         m = eps / r - r / 2
@@ -183,8 +190,18 @@ def _log_theta_asymptotic(eps: mpf, r: mpf) -> mpf:
 
 
 def _m_estimate(eps: mpf, r: mpf) -> mpf:
-    with mp.workdps(20):
+    with mp.workdps(20 + _m_digits(eps, r)):
         return eps / r - r / 2
+
+
+def _ratio(numerator: mpf, sigma: mpf, eps: mpf) -> mpf:
+    """numerator/sigma with enough extra digits that theta_eps at the ratio keeps the current
+    precision (d ln theta/d ln r grows like m^2 + m r, which the extra digits cover)."""
+    with mp.workdps(15):
+        r = numerator / sigma
+        extra = 2 * int(mp.ceil(mp.log10(1 + abs(eps / r - r / 2) + r))) + 5
+    with mp.workdps(mp.dps + extra):
+        return numerator / sigma
 
 
 def theta(eps, r) -> mpf:
@@ -329,7 +346,8 @@ def gaussian_delta(eps, sensitivity, sigma, *, as_mpf: bool = False):
     sigma = check_positive("sigma", sigma)
     if sensitivity == 0:
         return mpf(0) if as_mpf else 0.0
-    value = rigorous(lambda: theta(eps, sensitivity / sigma), "up", what="gaussian_delta")
+    value = rigorous(lambda: theta(eps, _ratio(sensitivity, sigma, eps)), "up",
+                     what="gaussian_delta")
     return finish(min(value, mpf(1)), "up", as_mpf)  # theta <= 1: widening stops at 1
 
 
@@ -479,7 +497,7 @@ def gaussian_epsilon(delta, sensitivity, sigma, *, as_mpf: bool = False):
         return mpf(0) if as_mpf else 0.0
     digits = working_digits()
     with mp.workdps(digits + GUARD_DIGITS):
-        r = sensitivity / sigma
+        r = _ratio(sensitivity, sigma, mpf(0))
         log_delta = mp.log(delta)
         margin = mpf(10) ** (-(digits + 12)) * (1 + abs(log_delta))
         if log_theta(0, r) <= log_delta - margin:
@@ -553,14 +571,14 @@ def _log_expm1(x: mpf) -> mpf:
     return mp.log(mp.expm1(x))
 
 
-def _contraction_log(eps: mpf, delta_in: mpf, r: mpf) -> mpf:
+def _contraction_log(eps: mpf, delta_in: mpf, radius: mpf, sigma: mpf) -> mpf:
     """ln(delta_in) + ln theta_{eps~}(r) with eps~ = ln(1 + (e^eps - 1)/delta_in)."""
     if eps == 0:
         eps_tilde = mpf(0)
     else:
         t = _log_expm1(eps) - mp.log(delta_in)  # ln((e^eps - 1)/delta_in)
         eps_tilde = t + mp.log1p(mp.exp(-t)) if t > 0 else mp.log1p(mp.exp(t))
-    return mp.log(delta_in) + log_theta(eps_tilde, r)
+    return mp.log(delta_in) + log_theta(eps_tilde, _ratio(2 * radius, sigma, eps_tilde))
 
 
 def hockey_stick_contraction(eps, delta_in, radius, sigma, *, as_mpf: bool = False):
@@ -597,7 +615,7 @@ def hockey_stick_contraction(eps, delta_in, radius, sigma, *, as_mpf: bool = Fal
     sigma = check_positive("sigma", sigma)
     if radius == 0:
         return mpf(0) if as_mpf else 0.0
-    log_value = rigorous(lambda: _contraction_log(eps, delta_in, 2 * radius / sigma), "up",
+    log_value = rigorous(lambda: _contraction_log(eps, delta_in, radius, sigma), "up",
                          what="hockey_stick_contraction")
     with mp.workdps(working_digits() + GUARD_DIGITS):
         # widen the exponent by an absolute amount too, then exponentiate

@@ -59,6 +59,21 @@ def _exact_product(a: mpf, b: mpf) -> mpf:
     return mp.fmul(a, b, exact=True)
 
 
+def _order_from_gap(u: mpf) -> mpf:
+    """alpha = 1 + u exactly, so that alpha - 1 recovers u even for u = 1e-300."""
+    return mp.fadd(1, u, exact=True)
+
+
+def _gap(alpha: mpf) -> mpf:
+    """alpha - 1 exactly."""
+    return mp.fsub(alpha, 1, exact=True)
+
+
+def _log_one_minus_inverse(u: mpf) -> mpf:
+    """ln(1 - 1/alpha) = ln(u/(1+u)) = -log1p(1/u), without cancellation for any u > 0."""
+    return -mp.log1p(1 / u)
+
+
 class RenyiCurve:
     """An immutable Renyi-DP curve ``alpha -> eps(alpha)``, ``alpha > 1``.
 
@@ -237,11 +252,11 @@ def _epsilon_at(eps_alpha: mpf, alpha: mpf, log_inv_delta: mpf, conversion: str)
     """eps from eps(alpha) at one order; returns (value, error bound)."""
     if mp.isinf(alpha):
         return eps_alpha, mpf(0)
-    u = alpha - 1
+    u = _gap(alpha)
     if conversion == "mironov":
         terms = (eps_alpha, log_inv_delta / u)
     else:
-        terms = (eps_alpha, mp.log(u) - mp.log(alpha), (log_inv_delta - mp.log(alpha)) / u)
+        terms = (eps_alpha, _log_one_minus_inverse(u), (log_inv_delta - mp.log1p(u)) / u)
     value = mp.fsum(terms)
     error = mp.fsum(abs(t) for t in terms) * mpf(10) ** (-(mp.dps - 5))
     return value, error
@@ -249,12 +264,11 @@ def _epsilon_at(eps_alpha: mpf, alpha: mpf, log_inv_delta: mpf, conversion: str)
 
 def _log_delta_at(eps_alpha: mpf, alpha: mpf, eps: mpf, conversion: str):
     """ln delta from eps(alpha) at one order for the target eps; returns (value, error bound)."""
-    u = alpha - 1
+    u = _gap(alpha)
     if conversion == "mironov":
-        terms = (u * (eps_alpha - eps),)
+        terms = (u * eps_alpha, -u * eps)
     else:
-        log_ratio = mp.log(u) - mp.log(alpha)
-        terms = (u * eps_alpha, -u * eps, u * log_ratio, -mp.log(alpha))
+        terms = (u * eps_alpha, -u * eps, u * _log_one_minus_inverse(u), -mp.log1p(u))
     value = mp.fsum(terms)
     error = mp.fsum(abs(t) for t in terms) * mpf(10) ** (-(mp.dps - 5)) * 4
     return value, error
@@ -287,7 +301,7 @@ def _expanding_bracket(g, start: mpf, increasing: bool):
 def _linear_dp_order(rho: mpf, log_inv_delta: mpf, conversion: str) -> mpf:
     """Optimal order of the linear curve rho*alpha for the eps conversion."""
     if conversion == "mironov":
-        return 1 + mp.sqrt(log_inv_delta / rho)  # Mironov: alpha = 1 + sqrt(L/rho)
+        return _order_from_gap(mp.sqrt(log_inv_delta / rho))  # Mironov: 1 + sqrt(L/rho)
     # improved: root u of rho u^2 + ln(1 + u) = L; solved in v = ln u (increasing)
 
     def g(v):
@@ -298,9 +312,9 @@ def _linear_dp_order(rho: mpf, log_inv_delta: mpf, conversion: str) -> mpf:
     u_high = mp.sqrt(log_inv_delta / rho)  # g > 0 there
     lo, hi = mp.log(u_low), mp.log(u_high)
     if hi <= lo:
-        return 1 + u_low
+        return _order_from_gap(u_low)
     v = _bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 12)))
-    return 1 + mp.exp(v)
+    return _order_from_gap(mp.exp(v))
 
 
 def _linear_delta_order(rho: mpf, eps: mpf, conversion: str):
@@ -308,17 +322,17 @@ def _linear_delta_order(rho: mpf, eps: mpf, conversion: str):
     if conversion == "mironov":
         if eps <= rho:
             return None
-        return (eps + rho) / (2 * rho)  # maximises (alpha - 1)(eps - rho alpha)
+        return _order_from_gap((eps - rho) / (2 * rho))  # maximises (alpha - 1)(eps - rho alpha)
     # improved: root of rho (2u + 1) + ln(u/(1+u)) = eps in v = ln u (increasing)
 
     def g(v):
         u = mp.exp(v)
-        return rho * (2 * u + 1) + v - mp.log1p(u) - eps, 2 * rho * u + 1 / (1 + u)
+        return rho * (2 * u + 1) + _log_one_minus_inverse(u) - eps, 2 * rho * u + 1 / (1 + u)
 
     start = mp.log((eps + 1) / (2 * rho))
     lo, hi = _expanding_bracket(g, start, increasing=True)
     v = _bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 12)))
-    return 1 + mp.exp(v)
+    return _order_from_gap(mp.exp(v))
 
 
 def _golden_minimum(h, lo: float, hi: float, iterations: int = 60) -> mpf:
@@ -345,7 +359,7 @@ def _search_orders(objective) -> mpf:
     """Order alpha minimising objective(alpha) over ln(alpha - 1) in [-12, 30]."""
 
     def h(v):
-        value = objective(1 + mp.exp(v))
+        value = objective(_order_from_gap(mp.exp(v)))
         return value if not mp.isnan(value) else mp.inf
 
     grid = [mpf(v) / 2 for v in range(-24, 61)]
@@ -353,7 +367,7 @@ def _search_orders(objective) -> mpf:
     best = min(range(len(grid)), key=lambda i: values[i])
     lo = grid[max(best - 1, 0)]
     hi = grid[min(best + 1, len(grid) - 1)]
-    return 1 + mp.exp(_golden_minimum(h, lo, hi))
+    return _order_from_gap(mp.exp(_golden_minimum(h, lo, hi)))
 
 
 def _candidate_orders(curve: RenyiCurve, objective):
@@ -500,7 +514,7 @@ def _improved_rho_max(eps: mpf, log_inv_delta: mpf) -> mpf:
     def parts(u):
         log_alpha = mp.log1p(u)
         k = L - log_alpha
-        c_terms = (mp.log(u) - log_alpha, k / u)
+        c_terms = (_log_one_minus_inverse(u), k / u)
         return log_alpha, k, c_terms
 
     def g(v):
@@ -529,7 +543,7 @@ def _improved_rho_max(eps: mpf, log_inv_delta: mpf) -> mpf:
     v = _bracketed_newton(g, lo, hi, start, mpf(10) ** (-(mp.dps // 2)))
     # one exact Newton polish is unnecessary: rho is stationary in alpha at the optimum
     u = mp.exp(v)
-    alpha = 1 + u
+    alpha = _order_from_gap(u)
     _, _, c_terms = parts(u)
     value = (eps - mp.fsum(c_terms)) / alpha
     error = (eps + mp.fsum(abs(t) for t in c_terms)) / alpha * mpf(10) ** (-(mp.dps - 5))

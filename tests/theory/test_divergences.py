@@ -319,6 +319,15 @@ def test_sigma_at_extreme_inputs(eps, delta):
     assert gaussian_delta(eps, 1.0, sigma) <= delta
 
 
+@pytest.mark.parametrize("eps", [1e5, 1e10, 1e15, 1e20])
+def test_sigma_for_huge_eps_regression(eps):
+    # m = eps/r - r/2 cancels by ~log10(eps/r) digits here; the ratio and m carry extra digits
+    sigma = gaussian_sigma(eps, 1e-5, 1.0)
+    back = gaussian_delta(eps, 1.0, sigma)
+    assert back <= 1e-5 and back >= 1e-5 * (1 - 1e-4)
+    assert gaussian_epsilon(1e-5, 1.0, sigma) == pytest.approx(eps, rel=1e-14)
+
+
 def test_sigma_for_delta_beyond_the_float_range():
     tiny = mpf(10) ** -1000
     sigma = gaussian_sigma(1.0, tiny, 1.0, as_mpf=True)

@@ -308,3 +308,25 @@ def test_curves_are_immutable_and_comparable():
 def test_bad_inputs_raise_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("rho", [1e-300, 1e-30, 1e-8, 1e30, 1e300])
+@pytest.mark.parametrize("conversion", ["improved", "mironov"])
+def test_extreme_coefficients_regression(rho, conversion):
+    # alpha - 1 far below the working precision (rho = 1e300) and ln(1 - 1/alpha) at alpha ~ 1e151
+    # (rho = 1e-300) used to divide by zero and to cancel to a trivial delta. Compared as mpf: at
+    # eps ~ 1e30 one float ulp of eps moves delta by a factor ~2.
+    curve = RenyiCurve.linear(rho)
+    eps = renyi_to_dp(curve, 1e-5, conversion=conversion, as_mpf=True)
+    assert mp.isfinite(eps) and eps >= 0
+    back = renyi_to_delta(curve, eps, conversion=conversion, as_mpf=True)
+    # both directions round up by a relative ~1e-40 (eps at rho = 1e30 moves by 1e-10, delta by
+    # a relative u * 1e-10 ~ 1e-25), so the round trip is exact to ~1e-20; at
+    # rho = 1e300 the widening of eps (1e260) swamps its 2 sqrt(rho L) ~ 1e151 part, so delta
+    # comes back far smaller (valid, just not tight at 50 digits)
+    with mp.workdps(80):
+        assert back <= mpf(1e-5) * (1 + mpf(10) ** -35)
+        if 0 < eps and rho < 1e100:  # (eps = 0 is the clipped improved bound for a tiny rho)
+            assert back >= mpf(1e-5) * (1 - mpf(10) ** -20)
+            rho_back = linear_rho_max(eps, 1e-5, conversion=conversion, as_mpf=True)
+            assert rho * (1 - mpf(10) ** -20) <= rho_back <= rho * (1 + mpf(10) ** -30)
