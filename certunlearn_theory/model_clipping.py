@@ -64,8 +64,8 @@ class _Setting:
 
 
 def _validate(sigma, T, C0, C2, sigma0, C1, gamma, lam, noise_after_projection, *,
-              sigma_known=True):
-    T = check_int("T", T, low=1) if T is not None else None
+              sigma_known=True, T_required=True):
+    T = check_int("T", T, low=1) if (T is not None or T_required) else None
     C0 = check_positive("C0", C0)
     if C2 is None:
         raise InvalidParameterError("C2 (the projection radius) is required for model clipping, "
@@ -432,7 +432,7 @@ def model_clipping_steps(sigma, eps, delta, C0, C2, *, sigma0=0.0, C1=None, gamm
     eps_m = check_epsilon(eps)
     delta_m = check_delta(delta)
     sigma, _, C0, C2, sigma0, extra = _validate(sigma, None, C0, C2, sigma0, C1, gamma, lam,
-                                                noise_after_projection)
+                                                noise_after_projection, T_required=False)
     max_steps = check_int("max_steps", max_steps, low=1)
     with mp.workdps(working_digits()):
         log_target = mp.log(delta_m)
