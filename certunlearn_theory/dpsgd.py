@@ -9,7 +9,7 @@ multiplier sigma = noise std / clipping norm). At an integer order alpha >= 2 it
 
 a sum of positive terms, evaluated here in mpmath. T steps compose additively (T eps(alpha)).
 The conversion to (eps1, delta1) is the improved one of :mod:`certunlearn_theory.renyi`, minimised
-over the integer orders ``DEFAULT_ORDERS``.
+over the integer orders ``DPSGD_ORDERS``.
 
 A group of k examples (THEORY.md section 7; Dwork & Roth 2014, Thm 2.2 by induction on k) gets
 
@@ -37,17 +37,17 @@ from ._numerics import (GUARD_DIGITS, check_delta, check_epsilon, check_int, che
 from .errors import InvalidParameterError, UnreachableTargetError
 from .renyi import RenyiCurve, renyi_to_delta, renyi_to_dp
 
-__all__ = ["DEFAULT_ORDERS", "DpsgdBound", "subsampled_gaussian_rdp", "dpsgd_bound",
+__all__ = ["DPSGD_ORDERS", "DpsgdBound", "subsampled_gaussian_rdp", "dpsgd_bound",
            "dpsgd_epsilon", "dpsgd_noise_multiplier", "group_privacy", "group_split"]
 
-DEFAULT_ORDERS = tuple(list(range(2, 65)) + [72, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512,
+DPSGD_ORDERS = tuple(list(range(2, 65)) + [72, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512,
                                              768, 1024])
 _NEIGHBOURS = 3  # exact evaluation at the best float order and this many on each side
 
 
 def _check_orders(orders):
     if orders is None:
-        return DEFAULT_ORDERS
+        return DPSGD_ORDERS
     out = sorted({check_int("order", a, low=2) for a in orders})
     if not out:
         raise InvalidParameterError("orders must contain at least one integer >= 2")
@@ -320,7 +320,7 @@ def dpsgd_epsilon(noise_multiplier, sampling_rate, steps, delta, *, group_size=1
         steps: number of steps, >= 1.
         delta: target (group) delta in (0, 1).
         group_size: k >= 1, the number of examples to protect together.
-        orders: integer orders >= 2 to optimise over (default ``DEFAULT_ORDERS``).
+        orders: integer orders >= 2 to optimise over (default ``DPSGD_ORDERS``).
 
     >>> dpsgd_epsilon(1.0, 0.01, 1000, 1e-5) > 0
     True

@@ -156,3 +156,13 @@ def test_initial_noise_helps_and_can_suffice():
 def test_bad_input(call, match):
     with pytest.raises(InvalidParameterError, match=match):
         call()
+
+
+@pytest.mark.parametrize("name", ["amplification", "model_clipping", "dpsgd", "closed_forms",
+                                  "calibration", "certificate"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+    module = importlib.import_module(f"certunlearn_theory.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

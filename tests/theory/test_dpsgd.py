@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from mpmath import mp, mpf
 
 from certunlearn_theory import InvalidParameterError
-from certunlearn_theory.dpsgd import (DEFAULT_ORDERS, dpsgd_bound, dpsgd_epsilon,
+from certunlearn_theory.dpsgd import (DPSGD_ORDERS, dpsgd_bound, dpsgd_epsilon,
                                       dpsgd_noise_multiplier, group_privacy, group_split,
                                       subsampled_gaussian_rdp)
 
@@ -20,13 +20,13 @@ rdp_acc = pytest.importorskip("dp_accounting.rdp.rdp_privacy_accountant")
 
 
 def oracle_epsilon(nm, q, steps, delta):
-    acc = rdp_acc.RdpAccountant(orders=list(DEFAULT_ORDERS))
+    acc = rdp_acc.RdpAccountant(orders=list(DPSGD_ORDERS))
     acc.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(nm)), steps)
     return acc.get_epsilon(delta)
 
 
 def oracle_delta(nm, q, steps, eps):
-    acc = rdp_acc.RdpAccountant(orders=list(DEFAULT_ORDERS))
+    acc = rdp_acc.RdpAccountant(orders=list(DPSGD_ORDERS))
     acc.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(nm)), steps)
     return acc.get_delta(eps)
 
