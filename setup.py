@@ -58,7 +58,7 @@ def _extensions():
     use_cuda = _want_cuda()
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # Portable flags only: the hot loops pick AVX2 at run time (target_clones), never -march=native.
-    cxx = opt + ["-std=c++20", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+    cxx = opt + ["-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     if use_cuda:
