@@ -29,13 +29,20 @@ import torch
 import torch.nn.functional as F
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _median_ms(fn, repeats, warmup=5):
     for _ in range(warmup):
         fn()
+    _sync()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t)
     return 1e3 * statistics.median(times)
 
@@ -95,7 +102,9 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    dev = torch.device(args.device)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("once")
     from certunlearn_train.models import MLP, SmallCNN
@@ -107,14 +116,17 @@ def main(argv=None):
         ("digits CNN", SmallCNN(1, 8, 10), torch.rand(B, 1, 8, 8)),
         ("MLP 784-256-10", MLP(784, 10, (256,)), torch.rand(B, 1, 28, 28)),
     ]
-    print(f"batch {B}, {args.threads} thread(s), torch {torch.__version__}, compiled op: "
+    cases = [(n, m.to(dev), x.to(dev)) for n, m, x in cases]
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
+        f"cpu, {args.threads} thread(s)"
+    print(f"batch {B}, {where}, torch {torch.__version__}, compiled op: "
           f"{extension_available()}; median ms per step (ratio to the plain step)")
     header = f"{'model':<22}{'d':>9}{'plain':>9}{'batch clip':>17}{'per-sample':>17}" \
              f"{'one vmap':>17}  per-sample path"
     print(header)
     print("-" * len(header))
     for name, model, x in cases:
-        y = torch.randint(0, 10, (B,))
+        y = torch.randint(0, 10, (B,), device=dev)
         name, d, r = bench_model(name, model, x, y, args.repeats)
         p = r["plain"]
         cell = lambda k: f"{r[k]:8.2f} ({r[k] / p:4.1f}x)"  # noqa: E731

@@ -118,6 +118,9 @@ def _unlearn(args) -> int:
     os.makedirs(cfg["out"], exist_ok=True)
     model_path = os.path.join(cfg["out"], "model.pt")
     cert_path = os.path.join(cfg["out"], "certificate.json")
+    arch = dict(arch, data=dict(arch.get("data") or {}, forget_fraction=cfg["forget_fraction"],
+                                forget_classes=cfg["forget_classes"],
+                                forget_seed=cfg["forget_seed"]))
     save_model_file(model_path, out_model, arch)
     cert.save(cert_path)
     r = evaluate_model(out_model, retain=retain, forget=forget_set.tensors(),
@@ -138,14 +141,14 @@ def _evaluate(args) -> int:
     root = args.data_root or data.get("root")
     train_set, test_set = _load_data(name, root, data.get("test_fraction", 0.2),
                                      data.get("split_seed", 0))
-    fraction = args.forget_fraction
-    if fraction is None and args.forget_classes is None:
-        fraction = data.get("forget_fraction")
-    if fraction is None and args.forget_classes is None:
+    fraction, classes = args.forget_fraction, args.forget_classes
+    if fraction is None and classes is None:
+        fraction, classes = data.get("forget_fraction"), data.get("forget_classes")
+    if fraction is None and classes is None:
         r = evaluate_model(model, retain=train_set.tensors(), test=test_set.tensors())
         print(f"train acc {r['retain_acc']:.4f}  test acc {r['test_acc']:.4f}")
         return 0
-    retain_set, forget_set = _forget_split(train_set, fraction, args.forget_classes,
+    retain_set, forget_set = _forget_split(train_set, fraction, classes,
                                            args.forget_seed if args.forget_seed is not None
                                            else data.get("forget_seed", 0))
     r = evaluate_model(model, retain=retain_set.tensors(), forget=forget_set.tensors(),

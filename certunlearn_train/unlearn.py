@@ -105,7 +105,7 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
         noisy_step_(flat.flat, grads, lr=lr, weight_decay=lam, clip=C1, noise_std=sigma,
                     radius=radius, noise_after_projection=True, seed=seed, offset=offset)
     if not bool(torch.isfinite(flat.flat).all()):
-        raise FloatingPointError("the noisy phase produced non-finite weights; lower lr")
+        raise ValueError("the noisy phase produced non-finite weights; lower lr")
 
 
 def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,

@@ -32,7 +32,7 @@ def _models():
 
 
 def reference(model, x, y, *, steps, lr, lam, clip, C1, sigma, radius, batch_size, batch_seed,
-              noise_seed):
+              noise_seed, noise_offset=0):
     """Trajectory [x_1, ..., x_T] of flattened parameters (float32)."""
     model = copy.deepcopy(model)
     params = list(model.parameters())
@@ -66,7 +66,8 @@ def reference(model, x, y, *, steps, lr, lam, clip, C1, sigma, radius, batch_siz
             norm = float(u.norm())
             if norm > r_eff:
                 u = u * (r_eff / norm)
-            z = gaussian_noise(d, noise_seed, t * math.ceil(d / 2), dtype=torch.float64)
+            z = gaussian_noise(d, noise_seed, noise_offset + t * math.ceil(d / 2),
+                               dtype=torch.float64)
             new = (u + sigma * z).float()
             o = 0
             for p in params:

@@ -1,0 +1,275 @@
+"""unlearn() end to end: reference loop, certificate numbers, tampering, bad input, usefulness."""
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import certunlearn_theory as ct
+from certunlearn_train import certificates as C
+from certunlearn_train.data import load_dataset, select_forget, split_forget
+from certunlearn_train.evaluate import evaluate_model
+from certunlearn_train.models import MLP, SmallCNN
+from certunlearn_train.ops import gaussian_noise
+from certunlearn_train.train import train
+from certunlearn_train.unlearn import batch_generator_seed, unlearn
+
+from .test_noisy_phase import reference
+
+EPS, DELTA = 1.0, 1e-5
+
+
+def _tiny(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    return MLP(64, 10, (8,)), torch.rand(n, 1, 8, 8, generator=g), \
+        torch.randint(0, 10, (n,), generator=g)
+
+
+def _flat(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole procedure against the reference, and the certificate against the accountant
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["gradient_clipping", "model_clipping"])
+def test_unlearn_equals_clip_then_reference_steps(method):
+    model, x, y = _tiny()
+    kw = dict(C0=0.5, lr=0.1, steps=5, batch_size=8, clip="per_sample", seed=1234)
+    if method == "gradient_clipping":
+        kw.update(C1=0.1)
+        radius, C1, sigma0 = math.inf, 0.1, 0.0
+    else:
+        kw.update(C2=0.6, sigma0=0.01, lam=0.1)
+        radius, C1, sigma0 = 0.6, math.inf, 0.01
+    out, cert = unlearn(model, (x, y), eps=EPS, delta=DELTA, method=method, progress=False, **kw)
+    # reference: clip to C0 (plain ops), optional initial noise at counter 0, then the steps
+    start = copy.deepcopy(model)
+    flat = _flat(start).double()
+    flat = flat * min(1.0, kw["C0"] / float(flat.norm()))
+    d = flat.numel()
+    offset = 0
+    if sigma0:
+        flat = flat + sigma0 * gaussian_noise(d, 1234, 0, dtype=torch.float64)
+        offset = math.ceil(d / 2)
+    torch.nn.utils.vector_to_parameters(flat.float(), start.parameters())
+    # the reference numbers noise blocks from 0: shift by the initial draw
+    traj = reference(start, x, y, steps=5, lr=0.1, lam=kw.get("lam", 0.0), clip="per_sample",
+                     C1=C1, sigma=cert.sigma, radius=radius, batch_size=8,
+                     batch_seed=batch_generator_seed(1234), noise_seed=1234,
+                     noise_offset=offset)
+    torch.testing.assert_close(_flat(out), traj[-1], rtol=1e-5, atol=1e-5)
+    assert cert.noise_seed_user_supplied and "1234" not in cert.to_json()
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("gradient_clipping", dict(C1=0.05)),
+    ("gradient_clipping", dict(C1=0.05, lam=0.5)),
+    ("model_clipping", dict(C2=1.0, lam=0.1)),
+])
+def test_certificate_numbers_recomputed_by_accountant(method, extra):
+    model, x, y = _tiny()
+    out, cert = unlearn(model, (x, y), eps=EPS, delta=DELTA, method=method, C0=0.5, lr=0.1,
+                        steps=8, batch_size=8, progress=False, **extra)
+    p = cert.parameters
+    sigma = ct.noise_for(EPS, DELTA, 8, 0.5, extra.get("C1"), 0.1, extra.get("lam", 0.0),
+                         method=method, C2=extra.get("C2"), sigma0=0.0)
+    assert cert.sigma == float(sigma)
+    eps_back = ct.epsilon_for(cert.sigma, DELTA, p["steps"], p["C0"], p["C1"], p["lr"], p["lam"],
+                              method=method, C2=p["C2"], sigma0=p["sigma0"])
+    assert float(eps_back) <= EPS and cert.epsilon <= EPS and cert.delta == DELTA
+    assert float(eps_back) > 0.99 * EPS  # calibrated, not merely safe
+    fresh = ct.issue_certificate(cert.sigma, DELTA, 8, 0.5, extra.get("C1"), 0.1,
+                                 extra.get("lam", 0.0), method=method, C2=extra.get("C2"),
+                                 sigma0=0.0, eps=EPS)
+    assert fresh.to_dict() == cert.accountant
+    assert cert.retain_size == 24 and cert.model_sha256_after == C.weights_sha256(out)
+    assert cert.model_sha256_before == C.weights_sha256(model)
+    cert.verify(out)
+    C.RunCertificate.from_json(cert.to_json()).verify(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tampering
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sound_pair(tmp_path_factory):
+    model, x, y = _tiny()
+    out, cert = unlearn(model, (x, y), eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=6,
+                        batch_size=8, progress=False)
+    folder = tmp_path_factory.mktemp("pair")
+    C.save_model_file(str(folder / "model.pt"), out, {"name": "mlp"})
+    cert.save(str(folder / "certificate.json"))
+    return folder, out, cert
+
+
+def _verify_cli(folder, cert_name="certificate.json", model_name="model.pt"):
+    from certunlearn_train.cli import main
+    return main(["verify", str(folder / cert_name), str(folder / model_name)])
+
+
+def test_verify_accepts_sound_pair(sound_pair, capsys):
+    folder, _, _ = sound_pair
+    assert _verify_cli(folder) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_verify_rejects_changed_weights(sound_pair, tmp_path, capsys):
+    folder, out, cert = sound_pair
+    changed = copy.deepcopy(out)
+    with torch.no_grad():
+        next(changed.parameters()).view(-1)[0] += 1e-3
+    C.save_model_file(str(tmp_path / "model.pt"), changed, {"name": "mlp"})
+    cert.save(str(tmp_path / "certificate.json"))
+    assert _verify_cli(tmp_path) == 1
+    assert "model weights do not match" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path, factor, reason", [
+    (("sigma",), 0.8, "cannot reproduce"),              # less noise than the guarantee needs
+    (("epsilon",), 0.5, "cannot reproduce"),            # a stronger claim
+    (("delta",), 1e-3, "cannot reproduce"),
+    (("parameters", "steps"), 0.5, "cannot reproduce|does not match"),
+    (("parameters", "C1"), 2.0, "cannot reproduce|does not match"),
+    (("parameters", "C0"), 3.0, "cannot reproduce|does not match"),
+    (("accountant",), None, "accountant"),              # accountant record swapped for junk
+])
+def test_verify_rejects_changed_numbers(sound_pair, tmp_path, capsys, path, factor, reason):
+    folder, _, _ = sound_pair
+    data = json.loads((folder / "certificate.json").read_text())
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    if factor is None:
+        node[path[-1]] = {"junk": 1}
+    else:
+        node[path[-1]] = type(node[path[-1]])(node[path[-1]] * factor) \
+            if path[-1] != "steps" else int(node[path[-1]] * factor)
+    (tmp_path / "certificate.json").write_text(json.dumps(data))
+    (tmp_path / "model.pt").write_bytes((folder / "model.pt").read_bytes())
+    assert _verify_cli(tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err and len(err.strip().splitlines()) == 1
+    import re
+    assert re.search(reason, err), err
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------
+
+BAD = [
+    (dict(eps=-1.0), "eps"),
+    (dict(eps=float("nan")), "eps"),
+    (dict(delta=0.0), "delta"),
+    (dict(delta=1.5), "delta"),
+    (dict(C0=0.0), r"C0 must be a real number > 0.0, got 0.0"),
+    (dict(lr=-0.1), r"lr must be a real number > 0.0, got -0.1"),
+    (dict(C1=float("inf")), "C1 must be a real number > 0.0, got inf"),
+    (dict(clip="rows"), "clip must be one of per_sample, batch, got 'rows'"),
+    (dict(method="magic"), "method must be one of"),
+    (dict(steps=0), "steps must be an integer >= 1, got 0"),
+    (dict(steps=3, epochs=1.0), "give steps or epochs, not both"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(C2=1.0), "C2 and sigma0 belong to model_clipping"),
+    (dict(method="model_clipping"), "model_clipping needs the model clipping radius C2"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD, ids=[b[1][:30] for b in BAD])
+def test_bad_parameters_fail_before_work(change, message):
+    model, x, y = _tiny()
+    before = C.weights_sha256(model)
+    kw = dict(eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=3, progress=False)
+    kw.update(change)
+    with pytest.raises(ValueError, match=message):
+        unlearn(model, (x, y), **kw)
+    assert C.weights_sha256(model) == before
+
+
+def test_bad_data_and_models():
+    model, x, y = _tiny()
+    kw = dict(eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=3, progress=False)
+    with pytest.raises(ValueError, match="retain_data is empty"):
+        unlearn(model, (x[:0], y[:0]), **kw)
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad.net[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"parameter net.0.weight has NaN or inf"):
+        unlearn(bad, (x, y), **kw)
+    bn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), torch.nn.BatchNorm1d(4))
+    with pytest.raises(ValueError, match="BatchNorm1d"):
+        unlearn(bn, (x, y), **kw)
+    with pytest.raises(ValueError, match="a pair"):
+        unlearn(model, x, **kw)
+    with pytest.raises(ValueError, match="same length"):
+        unlearn(model, (x, y[:3]), **kw)
+
+
+def test_input_model_untouched_unless_inplace():
+    model, x, y = _tiny()
+    before = C.weights_sha256(model)
+    params_before = [p for p in model.parameters()]
+    kw = dict(eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=3, progress=False)
+    out, cert = unlearn(model, (x, y), **kw)
+    assert out is not model and C.weights_sha256(model) == before
+    assert cert.model_sha256_before == before != cert.model_sha256_after
+    out2, cert2 = unlearn(model, (x, y), inplace=True, **kw)
+    assert out2 is model and C.weights_sha256(model) == cert2.model_sha256_after != before
+    assert all(a is b for a, b in zip(params_before, model.parameters()))  # same Parameters
+    assert all(p.requires_grad for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Unlearning helps
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits_class_forget():
+    torch.manual_seed(0)
+    train_set, test_set = load_dataset("digits")
+    retain, forget = split_forget(train_set, select_forget(train_set.y, classes=[3]))
+    sets = dict(retain=retain.tensors(), forget=forget.tensors(), test=test_set.tensors())
+    original = MLP(64, 10, (32,))
+    train(original, train_set.tensors(), epochs=15, lr=0.05, seed=0, progress=False)
+    return original, sets
+
+
+def test_unlearning_a_class_matches_retraining(digits_class_forget):
+    """Forgetting a whole class makes the effect measurable: the original model classifies the
+    class (forget accuracy ~1, MIA AUC ~0.5 since its test images look alike), a retrained model
+    never saw it (forget accuracy 0, high loss on it: AUC far below 0.5). Thresholds: the
+    unlearned model's test accuracy within 3 points of retraining's (seed-to-seed spread of
+    retraining here is about 1 point), its forget accuracy at most 5 points above retraining's,
+    and its MIA AUC within 0.1 of retraining's while the original is at least 0.3 away."""
+    from certunlearn_train.baselines import retrain
+    original, sets = digits_class_forget
+    retrained, _ = retrain(original, sets["retain"], epochs=15, lr=0.05, seed=1, progress=False)
+    unlearned, cert = unlearn(original, sets["retain"], eps=EPS, delta=DELTA, C0=0.01,
+                              C1=0.01 / (0.05 * 30), lr=0.05, steps=30, finetune_epochs=15,
+                              progress=False)
+    r_o, r_r, r_u = (evaluate_model(m, **sets) for m in (original, retrained, unlearned))
+    assert r_o["forget_acc"] > 0.9 and r_r["forget_acc"] < 0.05
+    assert r_u["forget_acc"] <= r_r["forget_acc"] + 0.05
+    assert abs(r_u["test_acc"] - r_r["test_acc"]) <= 0.03
+    assert abs(r_o["mia_auc"] - r_r["mia_auc"]) >= 0.3
+    assert abs(r_u["mia_auc"] - r_r["mia_auc"]) <= 0.1
+    assert cert.epsilon <= EPS
+
+
+def test_noisy_phase_alone_forgets(digits_class_forget):
+    """Without fine-tuning the noise must wipe the model (eps = 1 with d ~ 2,400 parameters:
+    noise per coordinate ~16 C0 against weights of norm <= C0): accuracy near chance (0.1) on
+    the test and retain sets. (The forget-set accuracy of a random model is not checked: it
+    depends on which class the random model happens to favour.)"""
+    original, sets = digits_class_forget
+    unlearned, _ = unlearn(original, sets["retain"], eps=EPS, delta=DELTA, C0=0.01,
+                           C1=0.01 / (0.05 * 30), lr=0.05, steps=30, progress=False)
+    r = evaluate_model(unlearned, **sets)
+    assert r["test_acc"] < 0.3 and r["retain_acc"] < 0.3
