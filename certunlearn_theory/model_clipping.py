@@ -137,14 +137,19 @@ def _log_theta_float(eps: float, r: float) -> float:
     return -m * m / 2 - 0.5 * math.log(2 * math.pi) + math.log(diff)
 
 
-def _log_theta_mp(eps: mpf, r: mpf) -> mpf:
-    """ln theta_eps(r) at the current precision; the 1 - theta sum of positives when m < 0."""
+def _log_theta_mp(eps: mpf, r: mpf, exp_eps=None) -> mpf:
+    """ln theta_eps(r) at the current precision; the 1 - theta sum of positives when m < 0.
+
+    ``exp_eps`` may pass e^eps when the caller already has it.
+    """
     if mp.isinf(r):
         return mpf(0)
     m = eps / r - r / 2
     if m < 0:
         s2 = mp.sqrt(2)
-        one_minus = (mp.erfc(-m / s2) + mp.exp(eps) * mp.erfc((m + r) / s2)) / 2
+        if exp_eps is None:
+            exp_eps = mp.exp(eps)
+        one_minus = (mp.erfc(-m / s2) + exp_eps * mp.erfc((m + r) / s2)) / 2
         if one_minus < mpf(1) / 2:
             return mp.log1p(-one_minus)
     return log_theta(eps, r)
@@ -197,8 +202,12 @@ def _trajectory_mp(eps: mpf, s: _Setting, steps: int):
     for t in range(steps):
         if t < s.contraction_from:
             log_d = min(log_d, _log_theta_mp(eps, s.r_first))
+        elif mp.isinf(le):  # eps = 0: eps~ = 0, the total-variation contraction
+            log_d = log_d + _log_theta_mp(mpf(0), s.r)
         else:
-            log_d = log_d + _log_theta_mp(_eps_tilde(le, log_d, mp), s.r)
+            # e^eps~ = 1 + (e^eps - 1)/delta: one exponential serves eps~ and e^eps~
+            ratio = mp.exp(le - log_d)
+            log_d = log_d + _log_theta_mp(mp.log1p(ratio), s.r, exp_eps=1 + ratio)
         out.append(log_d)
     return out
 
