@@ -165,8 +165,38 @@ def _ratio(Z, S):
 
 
 def _argmin_loop(sch: _Schedule, unit_sigma: bool) -> int:
-    """Horizon minimising Z^2/S by the O(T) recursion (at low precision: any horizon is valid)."""
+    """Horizon minimising Z^2/S by the O(T) recursion.
+
+    Any horizon gives a valid bound, so the choice is made in float64 (falling back to 20-digit
+    mpmath if a float overflows); the bound itself is then evaluated in mpmath at that horizon.
+    """
     start = 0 if (sch.sigma0 > 0 and not unit_sigma) else 1
+    try:
+        best_tau, best = start, math.inf
+        Z = 2.0 * float(sch.C0)
+        S = 0.0 if unit_sigma else float(sch.sigma0) ** 2
+        if start == 0:
+            best = Z * Z / S
+        floats = {n: ([float(x) for x in v] if isinstance(v, list)
+                      else (1.0 if v is None else float(v)))
+                  for n, v in (("gamma", sch.gamma), ("lam", sch.lam), ("C1", sch.C1),
+                               ("sigma", sch.sigma))}
+
+        def at(name, t):
+            v = floats[name]
+            return v[t] if isinstance(v, list) else v
+        for t in range(sch.T):
+            g = at("gamma", t)
+            q = abs(1 - g * at("lam", t))
+            Z = q * Z + 2 * g * at("C1", t)
+            S = q * q * S + (1.0 if unit_sigma else at("sigma", t) ** 2)
+            f = Z * Z / S if S > 0 else math.inf
+            if f < best:
+                best_tau, best = t + 1, f
+        if math.isfinite(best) and best > 0:
+            return best_tau
+    except (OverflowError, ZeroDivisionError):
+        pass
     best_tau, best = start, None
     with mp.workdps(20):
         for tau, Z, S in _loop_values(sch, sch.T, unit_sigma):
