@@ -114,6 +114,7 @@ def _setting(eps: mpf, sigma: mpf, C0, C2, sigma0, extra) -> _Setting:
 # ----------------------------------------------------------------------------------------------
 
 _SQRT_HALF_PI = math.sqrt(math.pi / 2)
+_SQRT_HALF = math.sqrt(0.5)
 
 
 def _log_theta_float(eps: float, r: float) -> float:
@@ -123,7 +124,11 @@ def _log_theta_float(eps: float, r: float) -> float:
         return -math.inf
     m = eps / r - r / 2
     if m < 0:
-        one_minus = ndtr(m) + math.exp(min(eps + log_ndtr(-m - r), 700.0))
+        if eps < 700:
+            one_minus = 0.5 * (math.erfc(-m * _SQRT_HALF)
+                               + math.exp(eps) * math.erfc((m + r) * _SQRT_HALF))
+        else:
+            one_minus = ndtr(m) + math.exp(min(eps + log_ndtr(-m - r), 700.0))
         if one_minus < 0.5:
             return math.log1p(-one_minus)
     la = log_ndtr(-m)
