@@ -334,3 +334,24 @@ def test_regression_tiny_lam_finds_interior_horizon():
     assert pabi_bound(args[0], 3, *args[1:]).horizon == 2
     assert pabi_rho(args[0], 3, *args[1:]) <= pabi_rho(args[0], 2, *args[1:])
     assert pabi_rho(args[0], 3, *args[1:]) == pytest.approx(numpy_rho(args[0], 3, *args[1:]))
+
+
+@pytest.mark.parametrize("T,C0,C1,gamma,lam,sigma", [
+    (20, 1.0, 1.0, 0.05, 0.0, 1.0), (50, 2.0, 0.5, 0.1, 0.3, 0.7), (8, 0.3, 2.0, 0.2, 1.0, 2.0)])
+def test_constant_schedule_path_matches_closed_form_and_qp(T, C0, C1, gamma, lam, sigma):
+    # THEORY.md section 5: for constant schedules the full-horizon CS path is
+    # z_t = d (r^t - r^(2T-t))/(1 - r^(2T)) + s (1 - r^t)(r^t - r^T)/((1 - r) r^t (1 + r^T)),
+    # d (1 - t/T) for r = 1; it is feasible, so the constrained fixed-horizon optimum equals CS
+    path = shift_path(sigma, T, C0, C1, gamma, lam, horizon=T)
+    d, s, r = 2 * C0, 2 * gamma * C1, 1 - gamma * lam
+    for t, z in enumerate(path["z"]):
+        if r == 1:
+            expected = d * (1 - t / T)
+        else:
+            expected = (d * (r ** t - r ** (2 * T - t)) / (1 - r ** (2 * T))
+                        + s * (1 - r ** t) * (r ** t - r ** T) / ((1 - r) * r ** t * (1 + r ** T)))
+        assert z == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert z >= -1e-12
+    if T <= 20:
+        qp = qp_cost([sigma] * T, T, C0, [C1] * T, [gamma] * T, [lam] * T)
+        assert qp == pytest.approx(numpy_ratios(sigma, T, C0, C1, gamma, lam)[T], rel=1e-6)
