@@ -58,13 +58,15 @@ class FlatParameters:
 class PerSampleGradients:
     """Per-sample gradients of ``loss_fn(model(x_i), y_i)`` with ``torch.func`` (vmap of grad).
 
-    Chunks of at most ``chunk_bytes`` of gradients are computed at a time: small chunks keep the
-    temporary tensors in memory the allocator reuses, instead of fresh pages that fault on first
-    touch every step.
+    Chunks of at most ``chunk_bytes`` of gradients are computed at a time. On the CPU the default
+    (16 MiB) keeps the temporary tensors below glibc's largest mmap threshold (32 MiB), so the
+    allocator recycles them instead of handing out fresh pages that fault on first touch every
+    step. On CUDA the caching allocator already recycles memory and every chunk costs a round of
+    kernel launches, so the default there is 1 GiB (usually the whole batch in one call).
     """
 
     def __init__(self, model: nn.Module, flat: FlatParameters, loss_fn: Callable,
-                 chunk_bytes: int = 8 << 20):
+                 chunk_bytes: int = None):
         from torch.func import functional_call, grad, vmap
         self.flat = flat
         names = flat.names
@@ -76,7 +78,9 @@ class PerSampleGradients:
             return loss_fn(out, y.unsqueeze(0))
 
         self._fn = vmap(grad(one), in_dims=(None, 0, 0), randomness="different")
-        self.chunk = max(1, int(chunk_bytes) // (4 * flat.numel))
+        if chunk_bytes is None:
+            chunk_bytes = (1 << 30) if flat.flat.device.type == "cuda" else (16 << 20)
+        self.chunk = max(1, int(chunk_bytes) // (flat.flat.element_size() * flat.numel))
         # functional_call does not always restore a module registered under two names (a tied
         # layer used twice): keep the true Parameter objects and put them back after each call
         self._registered = [(m, k, v) for m in model.modules()

@@ -167,3 +167,26 @@ def test_linear_route_falls_back_when_a_layer_is_called_twice():
                                 list(model.parameters()))
         expected.append(torch.cat([t.reshape(-1) for t in g]))
     torch.testing.assert_close(rows, torch.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@CUDA
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("name, clip, C1, sigma, radius, lam, gbytes, linear", CASES,
+                         ids=[c[0] for c in CASES])
+def test_noisy_phase_on_cuda_matches_cpu_reference(arch, name, clip, C1, sigma, radius, lam,
+                                                   gbytes, linear):
+    base = _models()[arch]
+    x, y = _data()
+    ref = reference(base, x, y, steps=4, lr=0.2, lam=lam, clip=clip, C1=C1, sigma=sigma,
+                    radius=radius, batch_size=8, batch_seed=11, noise_seed=5)
+    model = copy.deepcopy(base).cuda()
+    flat = FlatParameters(model)
+    gen = torch.Generator().manual_seed(11)
+    noisy_phase(model, flat, x.cuda(), y.cuda(), steps=4, lr=0.2, lam=lam, clip=clip, C1=C1,
+                sigma=sigma, radius=radius, batch_size=8, generator=gen, noise=NoiseStream(5),
+                grad_buffer_bytes=gbytes, linear_fast_path=linear, progress=False)
+    torch.testing.assert_close(flat.flat.cpu(), ref[-1], rtol=1e-4, atol=1e-5)

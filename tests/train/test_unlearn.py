@@ -273,3 +273,18 @@ def test_noisy_phase_alone_forgets(digits_class_forget):
                            C1=0.01 / (0.05 * 30), lr=0.05, steps=30, progress=False)
     r = evaluate_model(unlearned, **sets)
     assert r["test_acc"] < 0.3 and r["retain_acc"] < 0.3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("clip", ["batch", "per_sample"])
+def test_unlearn_on_cuda_matches_cpu(clip):
+    model, x, y = _tiny()
+    kw = dict(eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=6, batch_size=8, clip=clip,
+              finetune_epochs=0, seed=77, progress=False)
+    out_cpu, cert_cpu = unlearn(model, (x, y), **kw)
+    out_gpu, cert_gpu = unlearn(model, (x, y), device="cuda", **kw)
+    assert next(out_gpu.parameters()).is_cuda and not next(model.parameters()).is_cuda
+    assert cert_gpu.sigma == cert_cpu.sigma
+    torch.testing.assert_close(_flat(out_gpu).cpu(), _flat(out_cpu), rtol=1e-4, atol=1e-5)
+    cert_gpu.verify(out_gpu)
