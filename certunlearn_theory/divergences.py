@@ -66,6 +66,17 @@ _MAX_EXTRA_DIGITS = 20000
 # Normal tail building blocks (all at the current mp.dps, arguments are mpf)
 # ----------------------------------------------------------------------------------------------
 
+def _exact(x) -> mpf:
+    """x as an mpf without rounding (mpf(x) would round an mpf to the ambient precision)."""
+    if isinstance(x, mpf):
+        return x
+    if isinstance(x, int):
+        with mp.workprec(max(mp.prec, x.bit_length() + 1)):
+            return mpf(x)
+    with mp.workprec(max(mp.prec, 64)):  # floats are exact at 53 bits
+        return mpf(x)
+
+
 def _log_phi(x: mpf) -> mpf:
     """ln phi(x) = -x^2/2 - ln sqrt(2 pi)."""
     return -x * x / 2 - mp.log(2 * mp.pi) / 2
@@ -221,7 +232,7 @@ def theta(eps, r) -> mpf:
     ...     mp.nstr(theta(1, 2), 12)
     '0.509861660055'
     """
-    eps, r = mpf(eps), mpf(r)
+    eps, r = _exact(eps), _exact(r)
     if mp.isinf(eps) or r == 0:
         return mpf(0)
     if mp.isinf(r):
@@ -255,7 +266,7 @@ def log_theta(eps, r) -> mpf:
     asymptotic series of Mills' ratio) and near ``theta = 1`` (through ``log1p(-(1 - theta))``).
     ``r = +inf`` gives 0, ``r = 0`` or ``eps = +inf`` gives ``-inf``. No validation, no rounding.
     """
-    eps, r = mpf(eps), mpf(r)
+    eps, r = _exact(eps), _exact(r)
     if mp.isinf(eps) or r == 0:
         return mp.ninf
     if mp.isinf(r):

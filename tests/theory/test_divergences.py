@@ -149,6 +149,19 @@ def test_log_theta_near_one_keeps_relative_precision():
     assert relative_error(got, expected) < 1e-45
 
 
+def test_theta_does_not_round_its_arguments_regression():
+    # theta used to round an mpf r to the ambient precision; at m ~ 4e5 that moved ln theta by
+    # m^2 * 1e-50 and made gaussian_delta(66, 0.001, 6) fail its two-precision agreement check
+    with mp.workdps(70):
+        r = mpf(0.001) / 6
+    with mp.workdps(50):
+        low = theta(66, r)
+    with mp.workdps(70):
+        high = theta(66, r)
+    assert relative_error(low, high) < 1e-48
+    assert gaussian_delta(66.0, 0.001, 6.0) == TINY
+
+
 def test_theta_special_values():
     with mp.workdps(50):
         assert theta(1, mp.inf) == 1
@@ -284,6 +297,12 @@ def test_epsilon_round_trip_is_safe_and_tight(log_delta, log_r):
     back = gaussian_delta(eps, r, 1.0)
     assert back <= delta
     assert back >= delta * (1 - 1e-12)
+    # rounded up against a recomputation at twice the precision
+    with precision(100):
+        exact = gaussian_epsilon(delta, r, 1.0, as_mpf=True)
+    with mp.workdps(120):
+        assert mpf(eps) >= exact
+        assert mpf(math.nextafter(eps, 0.0)) < exact * (1 + mpf(10) ** -40)
 
 
 @settings(max_examples=25)
