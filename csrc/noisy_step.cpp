@@ -23,8 +23,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -177,8 +177,16 @@ CERTUNLEARN_CLONES double sum_squares_of_doubles_as_float(const double* __restri
 
 constexpr int kNoiseBatch = 256;  // counter blocks per batch (512 normals)
 
-inline double bits_to_double(uint64_t v) { return std::bit_cast<double>(v); }
-inline uint64_t double_to_bits(double v) { return std::bit_cast<uint64_t>(v); }
+inline double bits_to_double(uint64_t v) {
+  double d;
+  std::memcpy(&d, &v, sizeof d);
+  return d;
+}
+inline uint64_t double_to_bits(double v) {
+  uint64_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return u;
+}
 
 // Exact conversion of 0 <= v <= 2^53 to double using only 64-bit integer and double lane ops.
 inline double u53_to_double(uint64_t v) {
