@@ -231,6 +231,26 @@ class GradientSource:
         self.batch_size = int(batch_size)
         self.rows = None  # allocated on first use (never, on the nn.Linear route)
 
+    def probe(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Compute per-sample gradients of two samples; turn a torch.func failure into a clear error.
+
+        Called before the first step, so a model whose forward does not work under ``vmap``
+        (data-dependent Python control flow, ``.item()``, in-place updates of captured state,
+        ops without batching rules) is refused before any work is done.
+        """
+        from .models import UnsupportedModelError
+        if self.per_sample is None or self.linear is not None:
+            return
+        try:
+            self.per_sample.fill(torch.empty(2, self.flat.numel, dtype=self.flat.flat.dtype,
+                                             device=self.flat.flat.device), x[:2], y[:2])
+        except Exception as exc:  # noqa: BLE001 - any failure here means "not vmap-compatible"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise UnsupportedModelError(
+                f"clip='per_sample' needs a forward that works under torch.func.vmap, and this "
+                f"model's does not ({type(exc).__name__}: {first[:200]}); use clip='batch' or "
+                "make the forward vmap-compatible") from None
+
     def _fits(self, b: int) -> bool:
         return b * self.flat.numel * self.flat.flat.element_size() <= self.grad_buffer_bytes
 

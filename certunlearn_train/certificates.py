@@ -51,7 +51,7 @@ def weights_sha256(model_or_state) -> str:
             raise CertificateError(f"state dict entry {name!r} is not a tensor")
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -97,6 +97,7 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
     source = GradientSource(model, flat, clip, C1, loss_fn, batch_size, grad_buffer_bytes,
                             linear_fast_path)
     model.train()
+    source.probe(x, y)
     for _ in tqdm(range(steps), desc="noisy steps", disable=not progress, leave=False,
                   unit="step"):
         idx = next(batches).to(flat.flat.device)
@@ -206,6 +207,8 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
     model.to(device)
     flat = FlatParameters(model)
     try:
+        if clip == "per_sample":  # refuse a non-vmap-able forward before touching the weights
+            GradientSource(model, flat, clip, C1, loss_fn, 2, grad_buffer_bytes).probe(x, y)
         noise = NoiseStream(seed)
         gen = torch.Generator()
         gen.manual_seed(batch_generator_seed(seed) if seed is not None

@@ -288,3 +288,32 @@ def test_unlearn_on_cuda_matches_cpu(clip):
     assert cert_gpu.sigma == cert_cpu.sigma
     torch.testing.assert_close(_flat(out_gpu).cpu(), _flat(out_cpu), rtol=1e-4, atol=1e-5)
     cert_gpu.verify(out_gpu)
+
+
+class _DataDependent(torch.nn.Module):
+    """Python control flow on tensor values: fine for autograd, refused by torch.func.vmap."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(64, 10)
+        self.scale = torch.nn.Parameter(torch.ones(()))  # not an nn.Linear: no Linear route
+
+    def forward(self, x):
+        out = self.lin(x.flatten(1)) * self.scale
+        return out if float(out.sum()) > -1e9 else -out
+
+
+def test_non_vmap_compatible_model_is_refused_for_per_sample_only():
+    _, x, y = _tiny()
+    torch.manual_seed(0)
+    model = _DataDependent()
+    before = C.weights_sha256(model)
+    kw = dict(eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=3, progress=False)
+    with pytest.raises(ValueError, match=r"clip='per_sample' needs a forward that works under "
+                                         r"torch.func.vmap.*use clip='batch'"):
+        unlearn(model, (x, y), clip="per_sample", **kw)
+    with pytest.raises(ValueError, match="torch.func.vmap"):
+        unlearn(model, (x, y), clip="per_sample", inplace=True, **kw)
+    assert C.weights_sha256(model) == before
+    assert all(p.grad is None for p in model.parameters())
+    unlearn(model, (x, y), clip="batch", **kw)  # plain backward works
