@@ -155,3 +155,17 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(InvalidParameterError, match=match):
         model_clipping_delta(**args)
+
+
+@pytest.mark.parametrize("eps,C2,sigma,T", [(1.0, 1.0, 1.0, 6), (0.5, 2.0, 1.5, 8), (3.0, 1.0, 2.5, 12)])
+def test_matches_iterated_hockey_stick_contraction(eps, C2, sigma, T):
+    # the primitive applies one step (rounded up); iterating it is a looser but valid bound
+    d = 1.0
+    for _ in range(T):
+        d = ct.hockey_stick_contraction(eps, d, C2, sigma)
+        if d <= 5e-324:
+            break
+    ours = model_clipping_delta(sigma, eps, T, C0=1.0, C2=C2)
+    assert ours <= d * (1 + 1e-12)
+    if d > 1e-300:
+        assert ours == pytest.approx(d, rel=1e-9)
