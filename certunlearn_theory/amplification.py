@@ -44,12 +44,10 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Sequence
-
 from mpmath import mp, mpf
 
-from ._numerics import (check_int, check_nonnegative, check_positive, check_real, finish,
-                        rigorous, to_float, working_digits)
+from ._numerics import (check_int, check_nonnegative, check_positive, finish, rigorous,
+                        to_float, working_digits)
 from .errors import InvalidParameterError, UnreachableTargetError
 
 __all__ = ["PabiBound", "pabi_bound", "pabi_rho", "pabi_sigma", "pabi_steps", "shift_path"]

@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import math
 
-from mpmath import mp, mpf
-
-from ._numerics import (check_delta, check_epsilon, check_int, check_positive, finish,
-                        to_float, working_digits)
-from .amplification import _is_sequence, pabi_bound, pabi_rho, pabi_sigma, pabi_steps
+from ._numerics import check_delta, check_epsilon, check_positive, finish, to_float
+from .amplification import pabi_rho, pabi_sigma, pabi_steps
 from .divergences import (classical_gaussian_sigma, gaussian_delta, gaussian_epsilon,
                           gaussian_sigma)
 from .errors import InvalidParameterError, UnreachableTargetError

@@ -348,7 +348,7 @@ def dpsgd_noise_multiplier(eps, delta, sampling_rate, steps, *, group_size=1, or
     eps_m = check_epsilon(eps)
     if eps_m == 0:
         raise InvalidParameterError("eps must be > 0 for DP-SGD calibration, got 0")
-    delta_m = check_delta(delta)
+    check_delta(delta)
     q = check_real("sampling_rate", sampling_rate, low=0, high=1, low_open=True)
     steps = check_int("steps", steps, low=1)
     k = check_int("group_size", group_size, low=1)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from mpmath import mp, mpf
 from scipy.special import erfcx, log_ndtr, ndtr
 
-from ._numerics import (GUARD_DIGITS, check_delta, check_epsilon, check_int, check_nonnegative,
+from ._numerics import (check_delta, check_epsilon, check_int, check_nonnegative,
                         check_positive, finish, log_float_up, rigorous, to_float, working_digits)
 from .divergences import log_theta
 from .errors import InvalidParameterError, PrecisionError, UnreachableTargetError

@@ -1,6 +1,5 @@
 """Tests of Certificate, issue_certificate, issue_dpsgd_certificate and verify()."""
 import json
-import math
 
 import pytest
 from hypothesis import given, settings, strategies as st

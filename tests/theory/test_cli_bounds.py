@@ -1,5 +1,4 @@
 """Tests of the noise-for / epsilon-for / delta-for / steps-for subcommands."""
-import json
 import subprocess
 import sys
 

@@ -6,7 +6,6 @@ and sometimes unsound; the library never hands out their numbers as guarantees.
 import math
 
 import pytest
-from mpmath import mp
 
 from certunlearn_theory import (InvalidParameterError, epsilon_for, linear_rho_max, noise_for,
                                 renyi_to_dp, RenyiCurve)
