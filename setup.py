@@ -60,7 +60,9 @@ def _extensions():
     # Portable flags only: the hot loops pick AVX2 at run time (target_clones), never -march=native.
     cxx = opt + ["-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    # -fopenmp at compile time only: the OpenMP calls then bind to the runtime torch already
+    # loaded (through libtorch_cpu), never to a second libgomp from the build compiler.
+    kwargs = dict(extra_compile_args={"cxx": cxx})
     if use_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))

@@ -16,6 +16,7 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d -t gpu_check.XXXXXX)}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the benchmark imports the in-place build
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 set -x
 
