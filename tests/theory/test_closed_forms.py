@@ -88,3 +88,22 @@ def test_conditions_refused():
         paper_sigma_unregularized(40.0, 1e-5, 10, 1.0, 1.0, 0.1)
     with pytest.raises(InvalidParameterError, match="lam must be > 0"):
         paper_sigma_regularized(1.0, 1e-5, 10, 1.0, 1.0, 0.1, 0.0)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25)
+@given(eps=st.floats(0.1, 10), T=st.integers(1, 10**5), C0=st.floats(0.1, 10),
+       C1=st.floats(0.1, 10), gamma=st.floats(1e-4, 0.1), lam=st.floats(0.0, 1.0))
+def test_ours_never_above_a_sound_closed_form(eps, T, C0, C1, gamma, lam):
+    if lam > 0 and gamma * lam <= 1:
+        paper = paper_sigma_regularized(eps, 1e-5, T, C0, C1, gamma, lam)
+    else:
+        lam = 0.0
+        paper = paper_sigma_unregularized(eps, 1e-5, T, C0, C1, gamma)
+    ours = noise_for(eps, 1e-5, T, C0, C1, gamma, lam)
+    if epsilon_for(paper, 1e-5, T, C0, C1, gamma, lam) <= eps:  # the closed form is sound here
+        assert ours <= paper
+    else:  # unsound: it asks for less noise than the guarantee needs
+        assert ours > paper
