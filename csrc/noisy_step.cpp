@@ -1,35 +1,24 @@
-// The fused noisy-step op: schemas (TORCH_LIBRARY), argument checks, and the CPU kernels.
+// The fused noisy-step op: schemas (TORCH_LIBRARY), argument checks shared with CUDA, and the
+// checked CPU entry points (the kernels are in noisy_step_cpu.cpp, the CUDA ones in cuda/).
 //
 // One call is one step of noisy, clipped, projected SGD on a flat float32 parameter vector x (d,)
 // from per-sample gradients G (B, d) (semantics: certunlearn_train/_reference.py):
 //   s_i = min(1, clip / ||G_i||),  u = (1 - lr wd) x - (lr / B) sum_i s_i G_i,
 //   x' = P(u) + std z  or  x' = P(u + std z),  P = projection onto radius (1 - 2^-20) * radius.
-// Row norms, the weighted column sums and the projection norm are accumulated in double.
-//
-// CPU passes (all through at::parallel_for, results independent of the thread count):
-//   1. row norms (skipped when precomputed), in fixed chunks of each row;
-//   2. per column tile: sum_i c_i G_i over all rows into a double tile that stays in L1, then
-//      u (+ noise) is written to a float32 scratch vector and its squared norm accumulated;
-//   3. after all checks pass, x = f * scratch (+ noise), f the projection factor.
 // Nothing is written to params before every value check has passed.
 #include <Python.h>
 
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/isfinite.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <cstring>
 #include <limits>
-#include <vector>
+#include <string>
 
 #include "noisy_step.h"
-#include "philox.h"
+#include "noisy_step_cpu.h"
 
 // An empty module: importing certunlearn_train._C runs the static TORCH_LIBRARY initializers
 // below; no pybind11 is involved.
@@ -112,224 +101,8 @@ void check_noise_inputs(const at::Tensor& out, int64_t offset) {
 
 namespace {
 
-// Hot loops get an AVX2+FMA clone chosen at load time; the default clone is plain x86-64.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__OPTIMIZE__)
-#define CERTUNLEARN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define CERTUNLEARN_CLONES
-#endif
-
-constexpr int64_t kNormChunk = int64_t{1} << 15;  // elements per row-norm task
-constexpr int64_t kTile = 1024;                   // columns per update tile (even)
-
-// sum_j p[j]^2 in double with 8 independent accumulators (vectorizable, fixed order).
-CERTUNLEARN_CLONES double sum_squares(const float* __restrict p, int64_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    for (int l = 0; l < 8; ++l) {
-      const double v = p[j + l];
-      acc[l] += v * v;
-    }
-  }
-  for (; j < n; ++j) {
-    const double v = p[j];
-    acc[0] += v * v;
-  }
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
-// acc[j] += c * g[j] for j < n, prefetching the next row's segment.
-CERTUNLEARN_CLONES void accumulate_row(double* __restrict acc, const float* __restrict g, double c,
-                                       int64_t n, const float* next) {
-  if (next != nullptr) {
-    for (int64_t j = 0; j < n; j += 16) __builtin_prefetch(next + j);
-  }
-  for (int64_t j = 0; j < n; ++j) acc[j] += c * static_cast<double>(g[j]);
-}
-
-CERTUNLEARN_CLONES double sum_squares_of_doubles_as_float(const double* __restrict u,
-                                                          float* __restrict out, int64_t n) {
-  double acc[4] = {0, 0, 0, 0};
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    for (int l = 0; l < 4; ++l) {
-      const float f = static_cast<float>(u[j + l]);
-      out[j + l] = f;
-      acc[l] += static_cast<double>(f) * static_cast<double>(f);
-    }
-  }
-  for (; j < n; ++j) {
-    const float f = static_cast<float>(u[j]);
-    out[j] = f;
-    acc[0] += static_cast<double>(f) * static_cast<double>(f);
-  }
-  return (acc[0] + acc[2]) + (acc[1] + acc[3]);
-}
-
-// ---- Batched, vectorizable Gaussian generation (same values as gaussian_pair in philox.h) ----
-//
-// Philox runs on structure-of-arrays words so the compiler vectorizes the 32x32->64-bit products;
-// the transform uses branch-free polynomial log and sin/cos in double, accurate to a few units in
-// the last place of double (far below the float32 rounding of the result): log by the atanh
-// series on [sqrt(1/2), sqrt(2)) (|s| <= 0.1716, truncation < 3e-17), sin/cos by Taylor series
-// on [-pi/4, pi/4] after an exact quadrant reduction of u2 (truncation < 1e-19).
-
-constexpr int kNoiseBatch = 256;  // counter blocks per batch (512 normals)
-
-inline double bits_to_double(uint64_t v) {
-  double d;
-  std::memcpy(&d, &v, sizeof d);
-  return d;
-}
-inline uint64_t double_to_bits(double v) {
-  uint64_t u;
-  std::memcpy(&u, &v, sizeof u);
-  return u;
-}
-
-// Exact conversion of 0 <= v <= 2^53 to double using only 64-bit integer and double lane ops.
-inline double u53_to_double(uint64_t v) {
-  const double hi = bits_to_double((v >> 32) | 0x4330000000000000ull) - 0x1p52;
-  const double lo = bits_to_double((v & 0xffffffffull) | 0x4330000000000000ull) - 0x1p52;
-  return hi * 0x1p32 + lo;
-}
-
-// Natural log of x in [2^-53, 1].
-inline double log_unit(double x) {
-  const uint64_t bits = double_to_bits(x);
-  double e = bits_to_double((bits >> 52) | 0x4330000000000000ull) - (0x1p52 + 1023.0);
-  double m = bits_to_double((bits & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
-  const bool big = m > 1.4142135623730951;
-  m = big ? m * 0.5 : m;
-  e = big ? e + 1.0 : e;
-  const double f = m - 1.0;  // exact
-  const double s = f / (2.0 + f);
-  const double s2 = s * s;
-  double p = 2.0 / 21.0;
-  p = p * s2 + 2.0 / 19.0;
-  p = p * s2 + 2.0 / 17.0;
-  p = p * s2 + 2.0 / 15.0;
-  p = p * s2 + 2.0 / 13.0;
-  p = p * s2 + 2.0 / 11.0;
-  p = p * s2 + 2.0 / 9.0;
-  p = p * s2 + 2.0 / 7.0;
-  p = p * s2 + 2.0 / 5.0;
-  p = p * s2 + 2.0 / 3.0;
-  const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
-  // log m = 2 atanh(s) = 2 s + s^3 p(s^2)
-  return e * ln2_hi + ((s * s2 * p + e * ln2_lo) + 2.0 * s);
-}
-
-CERTUNLEARN_CLONES void gaussian_blocks(uint64_t seed, uint64_t first, int n, double* __restrict z) {
-  alignas(64) uint32_t c0[kNoiseBatch], c1[kNoiseBatch], c2[kNoiseBatch], c3[kNoiseBatch];
-  for (int k = 0; k < n; ++k) {
-    const uint64_t b = first + static_cast<uint64_t>(k);
-    c0[k] = static_cast<uint32_t>(b);
-    c1[k] = static_cast<uint32_t>(b >> 32);
-    c2[k] = 0u;
-    c3[k] = 0u;
-  }
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int r = 0; r < 10; ++r) {
-    if (r > 0) {
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
-    for (int k = 0; k < n; ++k) {
-      const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0[k];
-      const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2[k];
-      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[k] ^ k0;
-      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[k] ^ k1;
-      c1[k] = static_cast<uint32_t>(p1);
-      c3[k] = static_cast<uint32_t>(p0);
-      c0[k] = n0;
-      c2[k] = n2;
-    }
-  }
-  constexpr uint64_t kMask53 = (uint64_t{1} << 53) - 1;
-  for (int k = 0; k < n; ++k) {
-    const uint64_t a = ((static_cast<uint64_t>(c0[k]) << 21) ^ (c1[k] >> 11)) & kMask53;
-    const uint64_t b = ((static_cast<uint64_t>(c2[k]) << 21) ^ (c3[k] >> 11)) & kMask53;
-    const double u1 = u53_to_double(a + 1) * 0x1p-53;
-    const double t = u53_to_double(b) * 0x1p-51;             // 4 u2 in [0, 4), exact
-    const double shifted = t + 0x1p52;                       // rounds t to the nearest integer
-    const uint64_t q = double_to_bits(shifted) & 3u;         // quadrant (4 == 0 mod 4)
-    const double phi = (t - (shifted - 0x1p52)) * 1.5707963267948966;  // in [-pi/4, pi/4]
-    const double p2 = phi * phi;
-    double sp = 1.0 / 355687428096000.0;
-    sp = sp * p2 - 1.0 / 1307674368000.0;
-    sp = sp * p2 + 1.0 / 6227020800.0;
-    sp = sp * p2 - 1.0 / 39916800.0;
-    sp = sp * p2 + 1.0 / 362880.0;
-    sp = sp * p2 - 1.0 / 5040.0;
-    sp = sp * p2 + 1.0 / 120.0;
-    sp = sp * p2 - 1.0 / 6.0;
-    const double sin_phi = phi + phi * p2 * sp;
-    double cp = -1.0 / 6402373705728000.0;
-    cp = cp * p2 + 1.0 / 20922789888000.0;
-    cp = cp * p2 - 1.0 / 87178291200.0;
-    cp = cp * p2 + 1.0 / 479001600.0;
-    cp = cp * p2 - 1.0 / 3628800.0;
-    cp = cp * p2 + 1.0 / 40320.0;
-    cp = cp * p2 - 1.0 / 720.0;
-    cp = cp * p2 + 1.0 / 24.0;
-    cp = cp * p2 - 0.5;
-    const double cos_phi = 1.0 + p2 * cp;
-    // angle = q pi/2 + phi: (cos, sin) = (c, s), (-s, c), (-c, -s), (s, -c) for q = 0..3.
-    const bool odd = (q & 1u) != 0;
-    const double c = odd ? sin_phi : cos_phi;
-    const double s = odd ? cos_phi : sin_phi;
-    const double c_sign = (((q + 1u) & 2u) != 0) ? -1.0 : 1.0;
-    const double s_sign = ((q & 2u) != 0) ? -1.0 : 1.0;
-    const double radius = std::sqrt(-2.0 * log_unit(u1));
-    z[2 * k] = radius * (c_sign * c);
-    z[2 * k + 1] = radius * (s_sign * s);
-  }
-}
-
-// buf[j] += std * z[first + j] for j < n; `first` is even (tiles start at even columns).
-void add_noise(double* buf, int64_t first, int64_t n, double std, uint64_t seed, int64_t offset) {
-  alignas(64) double z[2 * kNoiseBatch];
-  for (int64_t j = 0; j < n; j += 2 * kNoiseBatch) {
-    const int64_t m = std::min<int64_t>(2 * kNoiseBatch, n - j);
-    gaussian_blocks(seed, static_cast<uint64_t>(offset + (first + j) / 2),
-                    static_cast<int>(blocks_for(m)), z);
-    for (int64_t k = 0; k < m; ++k) buf[j + k] += std * z[k];
-  }
-}
-
-bool all_finite(const float* p, int64_t n) {
-  std::atomic<bool> ok{true};
-  at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
-    for (int64_t j = b; j < e; ++j) {
-      if (!std::isfinite(p[j])) {
-        ok = false;
-        return;
-      }
-    }
-  });
-  return ok;
-}
-
-// Row norms of G (B, d) in double; deterministic (fixed chunks, fixed summation order).
-void row_norms_cpu(const float* G, int64_t B, int64_t d, double* out) {
-  const int64_t chunks = (d + kNormChunk - 1) / kNormChunk;
-  std::vector<double> partial(static_cast<size_t>(B * chunks));
-  at::parallel_for(0, B * chunks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      const int64_t i = t / chunks, c = t % chunks;
-      const int64_t j0 = c * kNormChunk, n = std::min(kNormChunk, d - j0);
-      partial[t] = sum_squares(G + i * d + j0, n);
-    }
-  });
-  for (int64_t i = 0; i < B; ++i) {
-    double s = 0;
-    for (int64_t c = 0; c < chunks; ++c) s += partial[i * chunks + c];
-    out[i] = std::sqrt(s);
-  }
-}
-
+// Checked CPU entry points: every throw happens here or in the checks above, never inside the
+// kernels of noisy_step_cpu.cpp.
 at::Tensor noisy_step_cpu(at::Tensor& params, const at::Tensor& grads,
                           const std::optional<at::Tensor>& norms, double lr, double weight_decay,
                           double clip, double noise_std, double radius,
@@ -338,112 +111,41 @@ at::Tensor noisy_step_cpu(at::Tensor& params, const at::Tensor& grads,
   TORCH_CHECK_VALUE(params.device().is_cpu(), "noisy_step_: CPU kernel called with params on ",
                     params.device());
   const int64_t B = grads.size(0), d = grads.size(1);
-  const float* G = grads.const_data_ptr<float>();
-  const float* x = params.const_data_ptr<float>();
-
-  at::Tensor row_norms;
-  if (norms.has_value()) {
-    row_norms = norms->to(at::kDouble).contiguous().clone();
-    const double* n = row_norms.const_data_ptr<double>();
-    for (int64_t i = 0; i < B; ++i) {
-      TORCH_CHECK_VALUE(std::isfinite(n[i]) && n[i] >= 0,
-                        "noisy_step_: norms must be finite and non-negative, got norms[", i,
-                        "] = ", n[i], " (params left unchanged)");
-    }
-  } else {
-    row_norms = at::empty({B}, params.options().dtype(at::kDouble));
-    double* n = row_norms.mutable_data_ptr<double>();
-    row_norms_cpu(G, B, d, n);
-    for (int64_t i = 0; i < B; ++i) {
-      TORCH_CHECK_VALUE(std::isfinite(n[i]), "noisy_step_: grads contain non-finite values (row ",
-                        i, "); params left unchanged");
-    }
-  }
-  const double* n = row_norms.const_data_ptr<double>();
-  std::vector<double> coef(static_cast<size_t>(B));
-  for (int64_t i = 0; i < B; ++i) {
-    const double s = n[i] > clip ? clip / n[i] : 1.0;
-    coef[i] = s * (lr / static_cast<double>(B));
-  }
-  const double a = 1.0 - lr * weight_decay;
-  const uint64_t useed = static_cast<uint64_t>(seed);
-  const bool noisy = noise_std > 0;
-
+  at::Tensor row_norms = norms.has_value()
+                             ? norms->to(at::kDouble).contiguous().clone()
+                             : at::empty({B}, params.options().dtype(at::kDouble));
   at::Tensor scratch = at::empty({d}, params.options());
-  float* tmp = scratch.mutable_data_ptr<float>();
-  const int64_t tiles = (d + kTile - 1) / kTile;
-  std::vector<double> tile_ss(static_cast<size_t>(tiles));
-  at::parallel_for(0, tiles, 1, [&](int64_t tb, int64_t te) {
-    alignas(64) double acc[kTile];
-    for (int64_t t = tb; t < te; ++t) {
-      const int64_t j0 = t * kTile, m = std::min(kTile, d - j0);
-      std::fill(acc, acc + m, 0.0);
-      for (int64_t i = 0; i < B; ++i) {
-        accumulate_row(acc, G + i * d + j0, coef[i], m, i + 1 < B ? G + (i + 1) * d + j0 : nullptr);
-      }
-      for (int64_t j = 0; j < m; ++j) acc[j] = a * static_cast<double>(x[j0 + j]) - acc[j];
-      if (noisy && !noise_after_projection) add_noise(acc, j0, m, noise_std, useed, offset);
-      tile_ss[t] = sum_squares_of_doubles_as_float(acc, tmp + j0, m);
-    }
-  });
-  double ss = 0;
-  for (int64_t t = 0; t < tiles; ++t) ss += tile_ss[t];
-  if (!std::isfinite(ss)) {
-    TORCH_CHECK_VALUE(all_finite(x, d),
-                      "noisy_step_: params contain non-finite values; params left unchanged");
-    TORCH_CHECK_VALUE(all_finite(G, B * d),
-                      "noisy_step_: grads contain non-finite values; params left unchanged");
-    TORCH_CHECK_VALUE(false, "noisy_step_: the update overflowed float32 (lr too large?); "
-                             "params left unchanged");
+  const StepOutcome r = run_step_cpu(
+      params.mutable_data_ptr<float>(), grads.const_data_ptr<float>(), B, d,
+      row_norms.mutable_data_ptr<double>(), norms.has_value(), lr, weight_decay, clip, noise_std,
+      radius, noise_after_projection, static_cast<uint64_t>(seed), offset,
+      scratch.mutable_data_ptr<float>());
+  switch (r.code) {
+    case StepOutcome::kOk:
+      return row_norms;
+    case StepOutcome::kBadNorm:
+      TORCH_CHECK_VALUE(false, "noisy_step_: norms must be finite and non-negative, got norms[",
+                        r.row, "] = ", r.value, " (params left unchanged)");
+    case StepOutcome::kNonFiniteGrads:
+      TORCH_CHECK_VALUE(false, "noisy_step_: grads contain non-finite values",
+                        r.row >= 0 ? " (row " + std::to_string(r.row) + ")" : std::string(),
+                        "; params left unchanged");
+    case StepOutcome::kNonFiniteParams:
+      TORCH_CHECK_VALUE(false, "noisy_step_: params contain non-finite values; params left "
+                               "unchanged");
+    case StepOutcome::kOverflow:
+      TORCH_CHECK_VALUE(false, "noisy_step_: the update overflowed float32 (lr too large?); "
+                               "params left unchanged");
   }
-  double f = 1.0;
-  if (std::isfinite(radius)) {
-    const double target = radius * (1.0 - kProjectionSlack);
-    const double norm = std::sqrt(ss);
-    if (norm > target) f = target / norm;
-  }
-  float* xo = params.mutable_data_ptr<float>();
-  const bool noise_last = noisy && noise_after_projection;
-  at::parallel_for(0, tiles, 1, [&](int64_t tb, int64_t te) {
-    alignas(64) double buf[kTile];
-    for (int64_t t = tb; t < te; ++t) {
-      const int64_t j0 = t * kTile, m = std::min(kTile, d - j0);
-      if (f == 1.0 && !noise_last) {
-        std::copy(tmp + j0, tmp + j0 + m, xo + j0);
-        continue;
-      }
-      for (int64_t j = 0; j < m; ++j) buf[j] = f * static_cast<double>(tmp[j0 + j]);
-      if (noise_last) add_noise(buf, j0, m, noise_std, useed, offset);
-      for (int64_t j = 0; j < m; ++j) xo[j0 + j] = static_cast<float>(buf[j]);
-    }
-  });
-  return row_norms;
+  TORCH_INTERNAL_ASSERT(false, "noisy_step_: unknown outcome ", static_cast<int>(r.code));
 }
 
 void gaussian_noise_cpu(at::Tensor& out, int64_t seed, int64_t offset) {
   check_noise_inputs(out, offset);
   TORCH_CHECK_VALUE(out.device().is_cpu(), "gaussian_noise_: CPU kernel called with out on ",
                     out.device());
-  const int64_t n = out.numel();
-  const uint64_t useed = static_cast<uint64_t>(seed);
-  const bool is_double = out.scalar_type() == at::kDouble;
-  void* base = out.mutable_data_ptr();
-  const int64_t batches = (blocks_for(n) + kNoiseBatch - 1) / kNoiseBatch;
-  at::parallel_for(0, batches, 16, [&](int64_t b, int64_t e) {
-    alignas(64) double z[2 * kNoiseBatch];
-    for (int64_t t = b; t < e; ++t) {
-      const int64_t j0 = t * 2 * kNoiseBatch;
-      const int64_t m = std::min<int64_t>(2 * kNoiseBatch, n - j0);
-      gaussian_blocks(useed, static_cast<uint64_t>(offset + t * kNoiseBatch),
-                      static_cast<int>(blocks_for(m)), z);
-      if (is_double) {
-        std::copy(z, z + m, static_cast<double*>(base) + j0);
-      } else {
-        float* p = static_cast<float*>(base) + j0;
-        for (int64_t k = 0; k < m; ++k) p[k] = static_cast<float>(z[k]);
-      }
-    }
-  });
+  fill_gaussian_cpu(out.mutable_data_ptr(), out.scalar_type() == at::kDouble, out.numel(),
+                    static_cast<uint64_t>(seed), offset);
 }
 
 }  // namespace

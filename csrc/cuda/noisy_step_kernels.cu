@@ -210,7 +210,7 @@ __global__ void finalize_projection(const double* __restrict__ block_ss, int64_t
   if (threadIdx.x == 0) {
     double f = 1.0;
     if (!finite(s)) {
-      atomicMax(status, int(kStepNonFiniteUpdate));
+      if (*status == kStepOk) *status = kStepNonFiniteUpdate;  // keep the more specific code
     } else if (isfinite(radius)) {
       const double target = radius * (1.0 - slack);
       const double norm = sqrt(s);
