@@ -60,8 +60,13 @@ def _exact_product(a: mpf, b: mpf) -> mpf:
 
 
 def _order_from_gap(u: mpf) -> mpf:
-    """alpha = 1 + u exactly, so that alpha - 1 recovers u even for u = 1e-300."""
-    return mp.fadd(1, u, exact=True)
+    """alpha = 1 + u exactly, so that alpha - 1 recovers u even for u = 1e-300.
+
+    Gaps below 2^(-4 prec) are raised to it (an exact 1 + e^(-10^100) does not fit in memory).
+    Any order gives a valid bound, and such an order only arises where the bound is trivial
+    (e.g. delta at an eps far below rho).
+    """
+    return mp.fadd(1, max(u, mpf(2) ** (-4 * mp.prec)), exact=True)
 
 
 def _gap(alpha: mpf) -> mpf:

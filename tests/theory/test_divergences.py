@@ -269,6 +269,19 @@ def test_no_exception_or_nan_over_wide_ranges(eps, log_ratio):
     assert 0 < delta <= 1 and not math.isnan(delta)
 
 
+@settings(max_examples=30)
+@given(eps=st.floats(0, 1e4), log_delta=st.floats(-320, -1e-9), log_ratio=st.floats(-8, 8))
+def test_inversions_never_raise_or_return_nan_over_wide_ranges(eps, log_delta, log_ratio):
+    delta = max(10.0 ** log_delta, TINY)
+    sigma = gaussian_sigma(eps, delta, 1.0)
+    assert sigma > 0 and not math.isnan(sigma)
+    if math.isfinite(sigma):
+        assert gaussian_delta(eps, 1.0, sigma) <= delta
+    found = gaussian_epsilon(delta, 10.0 ** log_ratio, 1.0)
+    assert found >= 0 and math.isfinite(found)
+    assert gaussian_delta(found, 10.0 ** log_ratio, 1.0) <= delta
+
+
 def test_dp_accounting_analytic_gaussian_agrees():
     from dp_accounting import gaussian_mechanism
 

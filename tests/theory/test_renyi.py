@@ -190,6 +190,20 @@ def test_rho_max_round_trip(log_eps, log_delta, conversion):
 
 
 @settings(max_examples=30)
+@given(log_rho=st.floats(-300, 300), log_delta=st.floats(-320, -1e-9), log_eps=st.floats(-300, 300),
+       conversion=st.sampled_from(["improved", "mironov"]))
+def test_conversions_never_raise_or_return_nan_over_wide_ranges(log_rho, log_delta, log_eps,
+                                                                conversion):
+    rho, eps = 10.0 ** log_rho, 10.0 ** log_eps
+    delta = max(10.0 ** log_delta, 5e-324)
+    curve = RenyiCurve.linear(rho)
+    found = renyi_to_dp(curve, delta, conversion=conversion)
+    assert found >= 0 and math.isfinite(found)
+    assert 0 <= renyi_to_delta(curve, eps, conversion=conversion) <= 1
+    assert 0 <= linear_rho_max(eps, delta, conversion=conversion) < math.inf
+
+
+@settings(max_examples=30)
 @given(log_delta=st.floats(-100, -1), log_ratio=st.floats(-2, 1))
 def test_rdp_conversion_never_beats_the_exact_gaussian_profile(log_delta, log_ratio):
     delta, ratio = 10.0 ** log_delta, 10.0 ** log_ratio
