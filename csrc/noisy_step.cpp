@@ -34,69 +34,79 @@ namespace certunlearn {
 
 namespace {
 
-void check_scalar(const char* name, double value, bool allow_inf) {
+// The checks build a message instead of throwing; the registered entry points throw it. (A throw
+// from these nested helpers crashed the process with GCC 13 / torch 2.11 on the GPU machine,
+// while a throw from the entry point itself is caught normally.)
+#define CERTUNLEARN_REQUIRE(cond, ...) \
+  if (!(cond)) return c10::str(__VA_ARGS__)
+
+std::string scalar_error(const char* name, double value, bool allow_inf) {
   const bool ok = !std::isnan(value) && value >= 0 && (allow_inf || std::isfinite(value));
-  TORCH_CHECK_VALUE(ok, "noisy_step_: ", name, " must be a ",
-                    allow_inf ? "non-negative number (inf allowed)" : "finite non-negative number",
-                    ", got ", value);
+  CERTUNLEARN_REQUIRE(ok, "noisy_step_: ", name, " must be a ",
+                      allow_inf ? "non-negative number (inf allowed)" : "finite non-negative number",
+                      ", got ", value);
+  return {};
 }
 
-void check_offset(const char* op, int64_t offset, int64_t numel) {
-  TORCH_CHECK_VALUE(offset >= 0 && blocks_for(numel) <= std::numeric_limits<int64_t>::max() - offset,
-                    op, ": offset must satisfy 0 <= offset and offset + ceil(numel/2) <= 2^63 "
-                    "(counter blocks are never reused), got offset=", offset, ", numel=", numel);
+std::string offset_error(const char* op, int64_t offset, int64_t numel) {
+  CERTUNLEARN_REQUIRE(
+      offset >= 0 && blocks_for(numel) <= std::numeric_limits<int64_t>::max() - offset, op,
+      ": offset must satisfy 0 <= offset and offset + ceil(numel/2) <= 2^63 (counter blocks are "
+      "never reused), got offset=", offset, ", numel=", numel);
+  return {};
 }
 
 }  // namespace
 
-void check_step_inputs(const at::Tensor& params, const at::Tensor& grads,
+std::string step_input_error(const at::Tensor& params, const at::Tensor& grads,
                        const std::optional<at::Tensor>& norms, double lr, double weight_decay,
                        double clip, double noise_std, double radius, int64_t offset) {
-  TORCH_CHECK_VALUE(params.scalar_type() == at::kFloat, "noisy_step_: params must be float32, got ",
+  CERTUNLEARN_REQUIRE(params.scalar_type() == at::kFloat, "noisy_step_: params must be float32, got ",
                     params.scalar_type());
-  TORCH_CHECK_VALUE(grads.scalar_type() == at::kFloat,
+  CERTUNLEARN_REQUIRE(grads.scalar_type() == at::kFloat,
                     "noisy_step_: grads must be float32 (same dtype as params), got ",
                     grads.scalar_type());
-  TORCH_CHECK_VALUE(params.dim() == 1 && params.numel() > 0,
+  CERTUNLEARN_REQUIRE(params.dim() == 1 && params.numel() > 0,
                     "noisy_step_: params must be a non-empty 1-D tensor (d,), got shape ",
                     params.sizes());
   const int64_t d = params.numel();
-  TORCH_CHECK_VALUE(grads.dim() == 2 && grads.size(1) == d,
+  CERTUNLEARN_REQUIRE(grads.dim() == 2 && grads.size(1) == d,
                     "noisy_step_: grads must have shape (B, d) with d = params.numel() = ", d,
                     ", got ", grads.sizes());
-  TORCH_CHECK_VALUE(grads.size(0) > 0, "noisy_step_: grads must have B >= 1 rows, got shape ",
+  CERTUNLEARN_REQUIRE(grads.size(0) > 0, "noisy_step_: grads must have B >= 1 rows, got shape ",
                     grads.sizes());
-  TORCH_CHECK_VALUE(grads.device() == params.device(),
+  CERTUNLEARN_REQUIRE(grads.device() == params.device(),
                     "noisy_step_: grads must be on params' device ", params.device(), ", got ",
                     grads.device());
-  TORCH_CHECK_VALUE(params.is_contiguous(), "noisy_step_: params must be contiguous, got strides ",
+  CERTUNLEARN_REQUIRE(params.is_contiguous(), "noisy_step_: params must be contiguous, got strides ",
                     params.strides());
-  TORCH_CHECK_VALUE(grads.is_contiguous(), "noisy_step_: grads must be contiguous, got strides ",
+  CERTUNLEARN_REQUIRE(grads.is_contiguous(), "noisy_step_: grads must be contiguous, got strides ",
                     grads.strides());
   if (norms.has_value()) {
     const at::Tensor& n = *norms;
-    TORCH_CHECK_VALUE(n.scalar_type() == at::kFloat || n.scalar_type() == at::kDouble,
+    CERTUNLEARN_REQUIRE(n.scalar_type() == at::kFloat || n.scalar_type() == at::kDouble,
                       "noisy_step_: norms must be float32 or float64, got ", n.scalar_type());
-    TORCH_CHECK_VALUE(n.dim() == 1 && n.size(0) == grads.size(0),
+    CERTUNLEARN_REQUIRE(n.dim() == 1 && n.size(0) == grads.size(0),
                       "noisy_step_: norms must have shape (B,) = (", grads.size(0), ",), got ",
                       n.sizes());
-    TORCH_CHECK_VALUE(n.device() == params.device(), "noisy_step_: norms must be on params' device ",
+    CERTUNLEARN_REQUIRE(n.device() == params.device(), "noisy_step_: norms must be on params' device ",
                       params.device(), ", got ", n.device());
   }
-  check_scalar("lr", lr, false);
-  check_scalar("weight_decay", weight_decay, false);
-  check_scalar("clip", clip, true);
-  check_scalar("noise_std", noise_std, false);
-  check_scalar("radius", radius, true);
-  check_offset("noisy_step_", offset, d);
+  for (const std::string& e :
+       {scalar_error("lr", lr, false), scalar_error("weight_decay", weight_decay, false),
+        scalar_error("clip", clip, true), scalar_error("noise_std", noise_std, false),
+        scalar_error("radius", radius, true), offset_error("noisy_step_", offset, d)}) {
+    if (!e.empty()) return e;
+  }
+  return {};
 }
 
-void check_noise_inputs(const at::Tensor& out, int64_t offset) {
-  TORCH_CHECK_VALUE(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
+std::string noise_input_error(const at::Tensor& out, int64_t offset) {
+  CERTUNLEARN_REQUIRE(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
                     "gaussian_noise_: out must be float32 or float64, got ", out.scalar_type());
-  TORCH_CHECK_VALUE(out.is_contiguous(), "gaussian_noise_: out must be contiguous, got strides ",
+  CERTUNLEARN_REQUIRE(out.is_contiguous(), "gaussian_noise_: out must be contiguous, got strides ",
                     out.strides());
-  check_offset("gaussian_noise_", offset, out.numel());
+  return offset_error("gaussian_noise_", offset, out.numel());
 }
 
 namespace {
@@ -107,7 +117,9 @@ at::Tensor noisy_step_cpu(at::Tensor& params, const at::Tensor& grads,
                           const std::optional<at::Tensor>& norms, double lr, double weight_decay,
                           double clip, double noise_std, double radius,
                           bool noise_after_projection, int64_t seed, int64_t offset) {
-  check_step_inputs(params, grads, norms, lr, weight_decay, clip, noise_std, radius, offset);
+  const std::string err =
+      step_input_error(params, grads, norms, lr, weight_decay, clip, noise_std, radius, offset);
+  TORCH_CHECK_VALUE(err.empty(), err);
   TORCH_CHECK_VALUE(params.device().is_cpu(), "noisy_step_: CPU kernel called with params on ",
                     params.device());
   const int64_t B = grads.size(0), d = grads.size(1);
@@ -141,7 +153,8 @@ at::Tensor noisy_step_cpu(at::Tensor& params, const at::Tensor& grads,
 }
 
 void gaussian_noise_cpu(at::Tensor& out, int64_t seed, int64_t offset) {
-  check_noise_inputs(out, offset);
+  const std::string err = noise_input_error(out, offset);
+  TORCH_CHECK_VALUE(err.empty(), err);
   TORCH_CHECK_VALUE(out.device().is_cpu(), "gaussian_noise_: CPU kernel called with out on ",
                     out.device());
   fill_gaussian_cpu(out.mutable_data_ptr(), out.scalar_type() == at::kDouble, out.numel(),

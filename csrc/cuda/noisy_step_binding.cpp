@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
 
 #include "../noisy_step.h"
 #include "noisy_step_kernels.cuh"
@@ -23,7 +24,9 @@ at::Tensor noisy_step_cuda(at::Tensor& params, const at::Tensor& grads,
                            const std::optional<at::Tensor>& norms, double lr, double weight_decay,
                            double clip, double noise_std, double radius,
                            bool noise_after_projection, int64_t seed, int64_t offset) {
-  check_step_inputs(params, grads, norms, lr, weight_decay, clip, noise_std, radius, offset);
+  const std::string input_error =
+      step_input_error(params, grads, norms, lr, weight_decay, clip, noise_std, radius, offset);
+  TORCH_CHECK_VALUE(input_error.empty(), input_error);
   TORCH_CHECK_VALUE(params.is_cuda(), "noisy_step_: CUDA kernel called with params on ",
                     params.device());
   const c10::cuda::CUDAGuard guard(params.device());
@@ -83,7 +86,8 @@ at::Tensor noisy_step_cuda(at::Tensor& params, const at::Tensor& grads,
 }
 
 void gaussian_noise_cuda(at::Tensor& out, int64_t seed, int64_t offset) {
-  check_noise_inputs(out, offset);
+  const std::string input_error = noise_input_error(out, offset);
+  TORCH_CHECK_VALUE(input_error.empty(), input_error);
   TORCH_CHECK_VALUE(out.is_cuda(), "gaussian_noise_: CUDA kernel called with out on ", out.device());
   const c10::cuda::CUDAGuard guard(out.device());
   const cudaError_t err = cuda::launch_gaussian_noise(
