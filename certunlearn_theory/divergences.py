@@ -78,8 +78,12 @@ def _exact(x) -> mpf:
 
 
 def _log_phi(x: mpf) -> mpf:
-    """ln phi(x) = -x^2/2 - ln sqrt(2 pi)."""
-    return -x * x / 2 - mp.log(2 * mp.pi) / 2
+    """ln phi(x) = -x^2/2 - ln sqrt(2 pi), to an absolute 10^-(dps+5) (so exp of it keeps the
+    current relative precision): the sum carries log10(x^2) extra digits and is not rounded back."""
+    with mp.workdps(15):
+        extra = 5 + max(0, int(mp.ceil(mp.log10(1 + x * x))))
+    with mp.workdps(mp.dps + extra):
+        return -x * x / 2 - mp.log(2 * mp.pi) / 2
 
 
 def _mills_asymptotic(x: mpf) -> mpf:
@@ -237,9 +241,9 @@ def theta(eps, r) -> mpf:
         return mpf(0)
     if mp.isinf(r):
         return mpf(1)
-    if eps == 0:
+    if eps == 0:  # total variation 2 Phi(r/2) - 1 = erf(r/(2 sqrt 2)) = 1 - 2 Q(r/2)
         with mp.workdps(mp.dps + 5):
-            value = mp.erf(r / (2 * mp.sqrt(2)))
+            value = mp.erf(r / (2 * mp.sqrt(2))) if r < 2 else 1 - 2 * _upper_tail(r / 2)
         return +value
     if _m_estimate(eps, r) >= _ASYMPTOTIC_FROM:
         value = mp.exp(_log_theta_asymptotic(eps, r))
@@ -281,7 +285,7 @@ def log_theta(eps, r) -> mpf:
         if value > mpf(1) / 2 and eps > 0:
             result = mp.log1p(-_one_minus_theta(eps, r))
         elif value > mpf(1) / 2:
-            result = mp.log1p(-mp.erfc(r / (2 * mp.sqrt(2))))
+            result = mp.log1p(-2 * _upper_tail(r / 2))  # r/2 is exact
         else:
             result = mp.log(value)
     with mp.workdps(target):
@@ -526,6 +530,8 @@ def gaussian_epsilon(delta, sensitivity, sigma, *, as_mpf: bool = False):
     if as_mpf:
         return eps
     result = to_float(eps, "up")
+    if math.isinf(result):  # eps beyond the float range (e.g. r = 1e300): +inf is the safe answer
+        return result
     for _ in range(8):
         if gaussian_delta(result, sensitivity, sigma) <= delta:
             return result

@@ -162,6 +162,18 @@ def test_theta_does_not_round_its_arguments_regression():
     assert gaussian_delta(66.0, 0.001, 6.0) == TINY
 
 
+def test_total_variation_at_huge_ratios_regression():
+    # erf/erfc overflowed (r = 1e300) or lost the exponent of 1 - theta (r = 2e100)
+    with mp.workdps(50):
+        assert theta(0, 2e300) == 1
+        x = mpf(1e100)  # r/2; ln(1 - 2Q(x)) = -2Q(x) = -2 phi(x)/x (1 + O(1e-200))
+        with mp.workdps(300):
+            expected = -2 * mp.exp(-x * x / 2 - mp.log(2 * mp.pi) / 2) / x
+        assert relative_error(log_theta(0, 2e100), expected) < 1e-45
+    assert hockey_stick_contraction(0.0, 1.0, 1e300, 1.0) == 1.0
+    assert gaussian_epsilon(1e-5, 1e300, 1.0) == math.inf  # eps ~ r^2/2 is beyond the floats
+
+
 def test_theta_special_values():
     with mp.workdps(50):
         assert theta(1, mp.inf) == 1
