@@ -401,7 +401,9 @@ def _solve_log_r(eps: mpf, log_delta: mpf) -> mpf:
 def _max_noise_ratio_mpf(eps: mpf, delta: mpf) -> mpf:
     """r* rounded down, verified: theta_eps(result) <= delta, at P + GUARD_DIGITS digits."""
     digits = working_digits()
-    with mp.workdps(digits + GUARD_DIGITS):
+    with mp.workdps(15):  # near r* ~ sqrt(2 eps), m = eps/r - r/2 cancels ~log10(eps) digits
+        cancellation = int(mp.ceil(mp.log10(1 + eps)))
+    with mp.workdps(digits + GUARD_DIGITS + cancellation):
         log_delta = mp.log(delta)
         u = _solve_log_r(eps, log_delta)
         margin = mpf(10) ** (-(digits + 12)) * (1 + abs(log_delta))
