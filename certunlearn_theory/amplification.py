@@ -345,7 +345,10 @@ def pabi_rho(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = Fal
     >>> round(pabi_rho(0.5, 10, C0=1.0, C1=1.0, gamma=0.1), 6)
     3.2
     """
-    return pabi_bound(sigma, T, C0, C1, gamma, lam, sigma0=sigma0, as_mpf=as_mpf).rho
+    sch = _schedule(sigma, T, C0, C1, gamma, lam, sigma0)
+    tau = _best_horizon(sch, unit_sigma=False)
+    rho = rigorous(lambda: _ratio(*_ZS_at(sch, tau)) / 2, "up", what="rho_PABI")
+    return finish(rho, "up", as_mpf)
 
 
 def pabi_sigma(rho_max, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = False):
