@@ -44,7 +44,7 @@ std::string scalar_error(const char* name, double value, bool allow_inf) {
   const bool ok = !std::isnan(value) && value >= 0 && (allow_inf || std::isfinite(value));
   CERTUNLEARN_REQUIRE(ok, "noisy_step_: ", name, " must be a ",
                       allow_inf ? "non-negative number (inf allowed)" : "finite non-negative number",
-                      ", got ", value);
+                      ", got ", fmt(value));
   return {};
 }
 
@@ -52,7 +52,7 @@ std::string offset_error(const char* op, int64_t offset, int64_t numel) {
   CERTUNLEARN_REQUIRE(
       offset >= 0 && blocks_for(numel) <= std::numeric_limits<int64_t>::max() - offset, op,
       ": offset must satisfy 0 <= offset and offset + ceil(numel/2) <= 2^63 (counter blocks are "
-      "never reused), got offset=", offset, ", numel=", numel);
+      "never reused), got offset=", fmt(offset), ", numel=", fmt(numel));
   return {};
 }
 
@@ -62,35 +62,35 @@ std::string step_input_error(const at::Tensor& params, const at::Tensor& grads,
                        const std::optional<at::Tensor>& norms, double lr, double weight_decay,
                        double clip, double noise_std, double radius, int64_t offset) {
   CERTUNLEARN_REQUIRE(params.scalar_type() == at::kFloat, "noisy_step_: params must be float32, got ",
-                    params.scalar_type());
+                    fmt(params.scalar_type()));
   CERTUNLEARN_REQUIRE(grads.scalar_type() == at::kFloat,
                     "noisy_step_: grads must be float32 (same dtype as params), got ",
-                    grads.scalar_type());
+                    fmt(grads.scalar_type()));
   CERTUNLEARN_REQUIRE(params.dim() == 1 && params.numel() > 0,
                     "noisy_step_: params must be a non-empty 1-D tensor (d,), got shape ",
-                    params.sizes());
+                    fmt(params.sizes()));
   const int64_t d = params.numel();
   CERTUNLEARN_REQUIRE(grads.dim() == 2 && grads.size(1) == d,
-                    "noisy_step_: grads must have shape (B, d) with d = params.numel() = ", d,
-                    ", got ", grads.sizes());
+                    "noisy_step_: grads must have shape (B, d) with d = params.numel() = ", fmt(d),
+                    ", got ", fmt(grads.sizes()));
   CERTUNLEARN_REQUIRE(grads.size(0) > 0, "noisy_step_: grads must have B >= 1 rows, got shape ",
-                    grads.sizes());
+                    fmt(grads.sizes()));
   CERTUNLEARN_REQUIRE(grads.device() == params.device(),
-                    "noisy_step_: grads must be on params' device ", params.device(), ", got ",
-                    grads.device());
+                    "noisy_step_: grads must be on params' device ", fmt(params.device()), ", got ",
+                    fmt(grads.device()));
   CERTUNLEARN_REQUIRE(params.is_contiguous(), "noisy_step_: params must be contiguous, got strides ",
-                    params.strides());
+                    fmt(params.strides()));
   CERTUNLEARN_REQUIRE(grads.is_contiguous(), "noisy_step_: grads must be contiguous, got strides ",
-                    grads.strides());
+                    fmt(grads.strides()));
   if (norms.has_value()) {
     const at::Tensor& n = *norms;
     CERTUNLEARN_REQUIRE(n.scalar_type() == at::kFloat || n.scalar_type() == at::kDouble,
-                      "noisy_step_: norms must be float32 or float64, got ", n.scalar_type());
+                      "noisy_step_: norms must be float32 or float64, got ", fmt(n.scalar_type()));
     CERTUNLEARN_REQUIRE(n.dim() == 1 && n.size(0) == grads.size(0),
-                      "noisy_step_: norms must have shape (B,) = (", grads.size(0), ",), got ",
-                      n.sizes());
+                      "noisy_step_: norms must have shape (B,) = (", fmt(grads.size(0)), ",), got ",
+                      fmt(n.sizes()));
     CERTUNLEARN_REQUIRE(n.device() == params.device(), "noisy_step_: norms must be on params' device ",
-                      params.device(), ", got ", n.device());
+                      fmt(params.device()), ", got ", fmt(n.device()));
   }
   for (const std::string& e :
        {scalar_error("lr", lr, false), scalar_error("weight_decay", weight_decay, false),
@@ -103,9 +103,9 @@ std::string step_input_error(const at::Tensor& params, const at::Tensor& grads,
 
 std::string noise_input_error(const at::Tensor& out, int64_t offset) {
   CERTUNLEARN_REQUIRE(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
-                    "gaussian_noise_: out must be float32 or float64, got ", out.scalar_type());
+                    "gaussian_noise_: out must be float32 or float64, got ", fmt(out.scalar_type()));
   CERTUNLEARN_REQUIRE(out.is_contiguous(), "gaussian_noise_: out must be contiguous, got strides ",
-                    out.strides());
+                    fmt(out.strides()));
   return offset_error("gaussian_noise_", offset, out.numel());
 }
 
@@ -121,7 +121,7 @@ at::Tensor noisy_step_cpu(at::Tensor& params, const at::Tensor& grads,
       step_input_error(params, grads, norms, lr, weight_decay, clip, noise_std, radius, offset);
   TORCH_CHECK_VALUE(err.empty(), err);
   TORCH_CHECK_VALUE(params.device().is_cpu(), "noisy_step_: CPU kernel called with params on ",
-                    params.device());
+                    fmt(params.device()));
   const int64_t B = grads.size(0), d = grads.size(1);
   at::Tensor row_norms = norms.has_value()
                              ? norms->to(at::kDouble).contiguous().clone()
@@ -137,7 +137,7 @@ at::Tensor noisy_step_cpu(at::Tensor& params, const at::Tensor& grads,
       return row_norms;
     case StepOutcome::kBadNorm:
       TORCH_CHECK_VALUE(false, "noisy_step_: norms must be finite and non-negative, got norms[",
-                        r.row, "] = ", r.value, " (params left unchanged)");
+                        fmt(r.row), "] = ", fmt(r.value), " (params left unchanged)");
     case StepOutcome::kNonFiniteGrads:
       TORCH_CHECK_VALUE(false, "noisy_step_: grads contain non-finite values",
                         r.row >= 0 ? " (row " + std::to_string(r.row) + ")" : std::string(),
@@ -149,14 +149,14 @@ at::Tensor noisy_step_cpu(at::Tensor& params, const at::Tensor& grads,
       TORCH_CHECK_VALUE(false, "noisy_step_: the update overflowed float32 (lr too large?); "
                                "params left unchanged");
   }
-  TORCH_INTERNAL_ASSERT(false, "noisy_step_: unknown outcome ", static_cast<int>(r.code));
+  TORCH_INTERNAL_ASSERT(false, "noisy_step_: unknown outcome ", fmt(static_cast<int>(r.code)));
 }
 
 void gaussian_noise_cpu(at::Tensor& out, int64_t seed, int64_t offset) {
   const std::string err = noise_input_error(out, offset);
   TORCH_CHECK_VALUE(err.empty(), err);
   TORCH_CHECK_VALUE(out.device().is_cpu(), "gaussian_noise_: CPU kernel called with out on ",
-                    out.device());
+                    fmt(out.device()));
   fill_gaussian_cpu(out.mutable_data_ptr(), out.scalar_type() == at::kDouble, out.numel(),
                     static_cast<uint64_t>(seed), offset);
 }

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <optional>
 #include <string>
 
@@ -23,6 +24,24 @@ std::string step_input_error(const at::Tensor& params, const at::Tensor& grads,
 
 // Validates the output tensor and the counter range of a gaussian_noise_ fill (same contract).
 std::string noise_input_error(const at::Tensor& out, int64_t offset);
+
+// Text of the values quoted in error messages. Messages are assembled from strings only: numeric
+// std::ostream insertion inside this extension crashed the process on the GPU machine (GCC 13,
+// torch 2.11 wheel), so numbers go through snprintf / std::to_string instead.
+inline std::string fmt(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+inline std::string fmt(int64_t v) { return std::to_string(v); }
+inline std::string fmt(int v) { return std::to_string(v); }
+inline std::string fmt(c10::IntArrayRef a) {
+  std::string s = "(";
+  for (size_t i = 0; i < a.size(); ++i) s += (i ? ", " : "") + std::to_string(a[i]);
+  return s + (a.size() == 1 ? ",)" : ")");
+}
+inline std::string fmt(const c10::Device& d) { return d.str(); }
+inline std::string fmt(c10::ScalarType t) { return c10::toString(t); }
 
 // Number of Philox counter blocks (two normals each) a draw of n normals uses.
 inline int64_t blocks_for(int64_t n) { return n / 2 + (n % 2); }

@@ -28,11 +28,11 @@ at::Tensor noisy_step_cuda(at::Tensor& params, const at::Tensor& grads,
       step_input_error(params, grads, norms, lr, weight_decay, clip, noise_std, radius, offset);
   TORCH_CHECK_VALUE(input_error.empty(), input_error);
   TORCH_CHECK_VALUE(params.is_cuda(), "noisy_step_: CUDA kernel called with params on ",
-                    params.device());
+                    fmt(params.device()));
   const c10::cuda::CUDAGuard guard(params.device());
   const int64_t B = grads.size(0), d = grads.size(1);
   TORCH_CHECK_VALUE(d / 4 / 128 < std::numeric_limits<int32_t>::max(),
-                    "noisy_step_: d = ", d, " is too large for one launch");
+                    "noisy_step_: d = ", fmt(d), " is too large for one launch");
   const auto dopt = params.options().dtype(at::kDouble);
   at::Tensor norms_in;
   if (norms.has_value()) norms_in = norms->to(at::kDouble).contiguous();
@@ -81,14 +81,14 @@ at::Tensor noisy_step_cuda(at::Tensor& params, const at::Tensor& grads,
   TORCH_CHECK_VALUE(code != cuda::kStepNonFiniteUpdate,
                     "noisy_step_: params or grads contain non-finite values, or the update "
                     "overflowed float32; params left unchanged");
-  TORCH_INTERNAL_ASSERT(code == cuda::kStepOk, "noisy_step_: unexpected status ", code);
+  TORCH_INTERNAL_ASSERT(code == cuda::kStepOk, "noisy_step_: unexpected status ", fmt(code));
   return norms_out;
 }
 
 void gaussian_noise_cuda(at::Tensor& out, int64_t seed, int64_t offset) {
   const std::string input_error = noise_input_error(out, offset);
   TORCH_CHECK_VALUE(input_error.empty(), input_error);
-  TORCH_CHECK_VALUE(out.is_cuda(), "gaussian_noise_: CUDA kernel called with out on ", out.device());
+  TORCH_CHECK_VALUE(out.is_cuda(), "gaussian_noise_: CUDA kernel called with out on ", fmt(out.device()));
   const c10::cuda::CUDAGuard guard(out.device());
   const cudaError_t err = cuda::launch_gaussian_noise(
       out.mutable_data_ptr(), out.scalar_type() == at::kDouble, out.numel(),
