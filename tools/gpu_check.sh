@@ -69,11 +69,40 @@ assert ops.extension_available()
 assert ops.cuda_kernels_available() or $DRY == 1, 'built without CUDA kernels'
 "
 
-# 2. The kernel tests, CUDA ones included (they must not be skipped on the GPU machine).
-stage pytest 200 "$PY" -m pytest tests/kernel -q -x -p no:cacheprovider -rs --durations=10
+# 2. The kernel tests, CUDA ones included (they must not be skipped on the GPU machine). The
+#    bad-input tests run in their own process afterwards, and each error path is also probed in a
+#    subprocess of its own, so that a crash in an error path cannot hide the other results.
+BAD=tests/kernel/test_op.py::test_bad_inputs_raise_and_leave_params_unchanged
+stage pytest 200 "$PY" -m pytest tests/kernel -q -x -p no:cacheprovider -rs --durations=10 \
+  --deselect "$BAD"
 if [ "$DRY" != 1 ] && grep -q "needs a CUDA device" "$OUT/pytest.log"; then
   echo "gpu_check.sh: CUDA tests were skipped on a GPU machine"; failed+=("cuda-tests-skipped")
 fi
+stage pytest_bad_inputs 100 "$PY" -m pytest "$BAD" -q -p no:cacheprovider -rs
+stage error_probe 100 "$PY" - <<'PROBE'
+import os, subprocess, sys
+import torch
+devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+cases = {  # name: statement raising ValueError from inside the extension
+    "scalar check (lr=-1)": "torch.ops.certunlearn.noisy_step_(x, G, None, -1.0, 0., 1., 0., 1., True, 0, 0)",
+    "nan in grads": "G[2, 9] = float('nan'); ops.noisy_step_(x, G, lr=0.1, seed=0, offset=0)",
+    "negative norms": "ops.noisy_step_(x, G, lr=0.1, seed=0, offset=0, norms=-torch.ones(3, device=dev))",
+    "shape check": "torch.ops.certunlearn.noisy_step_(x, G[:, :9].contiguous(), None, 0.1, 0., 1., 0., 1., True, 0, 0)",
+}
+bad = 0
+for dev in devices:
+    for name, stmt in cases.items():
+        code = (f"import torch\nfrom certunlearn_train import ops\ndev = {dev!r}\n"
+                f"x = torch.zeros(10, device=dev); G = torch.ones(3, 10, device=dev)\n"
+                f"try:\n    {stmt}\nexcept ValueError as e:\n    print('ValueError:', e)\n")
+        r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True,
+                           text=True, timeout=60)
+        ok = r.returncode == 0 and r.stdout.startswith("ValueError:")
+        bad += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {dev:4s} {name:22s} rc={r.returncode} {r.stdout.strip()[:120]}"
+              f"{'' if ok else ' | ' + r.stderr.strip()[-300:]}")
+sys.exit(1 if bad else 0)
+PROBE
 
 # 3. Benchmarks: CUDA (with the copy bandwidth of the card), then a few CPU rows.
 if [ "$DRY" != 1 ]; then
