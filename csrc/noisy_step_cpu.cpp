@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -33,6 +34,12 @@ namespace {
 
 constexpr int64_t kNormChunk = int64_t{1} << 15;  // elements per row-norm task
 constexpr int64_t kTile = 1024;                   // columns per update tile (even)
+// Bytes of G per row block when the norms are computed here: small enough that the block is
+// still in the last-level cache when the update pass reads it again.
+const double kRowBlockBytes = [] {
+  const char* env = std::getenv("CERTUNLEARN_ROW_BLOCK_MB");
+  return (env ? std::atof(env) : 4.0) * 1048576.0;
+}();
 
 // sum_j p[j]^2 in double with 8 independent accumulators (vectorizable, fixed order).
 CERTUNLEARN_CLONES double sum_squares(const float* __restrict p, int64_t n) {
@@ -253,39 +260,77 @@ StepOutcome run_step_cpu(
     uint64_t seed, int64_t offset, float* tmp) {
   const float* x = xo;
   StepOutcome out;
-  if (have_norms) {
-    for (int64_t i = 0; i < B; ++i) {
-      if (!(std::isfinite(n[i]) && n[i] >= 0)) return {StepOutcome::kBadNorm, i, n[i]};
-    }
-  } else {
-    row_norms_cpu(G, B, d, n);
-    for (int64_t i = 0; i < B; ++i) {
-      if (!std::isfinite(n[i])) return {StepOutcome::kNonFiniteGrads, i, n[i]};
-    }
-  }
   std::vector<double> coef(static_cast<size_t>(B));
-  for (int64_t i = 0; i < B; ++i) {
+  const auto set_coef = [&](int64_t i) {
     const double s = n[i] > clip ? clip / n[i] : 1.0;
     coef[i] = s * (lr / static_cast<double>(B));
-  }
+  };
   const double a = 1.0 - lr * weight_decay;
   const bool noisy = noise_std > 0;
   const int64_t tiles = (d + kTile - 1) / kTile;
   std::vector<double> tile_ss(static_cast<size_t>(tiles));
-  at::parallel_for(0, tiles, 1, [&](int64_t tb, int64_t te) {
-    std::vector<double> acc_buf(kTile);
-    double* acc = acc_buf.data();
-    for (int64_t t = tb; t < te; ++t) {
-      const int64_t j0 = t * kTile, m = std::min(kTile, d - j0);
-      std::fill(acc, acc + m, 0.0);
-      for (int64_t i = 0; i < B; ++i) {
-        accumulate_row(acc, G + i * d + j0, coef[i], m, i + 1 < B ? G + (i + 1) * d + j0 : nullptr);
+  // u = a x - sum (+ noise before the projection), written to tmp; tile_ss gets ||tmp||^2 parts.
+  // `sums` holds sum_i c_i G_i, or is null when the rows are accumulated here.
+  const auto form_update = [&](const double* sums) {
+    at::parallel_for(0, tiles, 1, [&](int64_t tb, int64_t te) {
+      std::vector<double> acc_buf(kTile);
+      double* acc = acc_buf.data();
+      for (int64_t t = tb; t < te; ++t) {
+        const int64_t j0 = t * kTile, m = std::min(kTile, d - j0);
+        if (sums != nullptr) {
+          std::copy(sums + j0, sums + j0 + m, acc);
+        } else {
+          std::fill(acc, acc + m, 0.0);
+          for (int64_t i = 0; i < B; ++i) {
+            accumulate_row(acc, G + i * d + j0, coef[i], m,
+                           i + 1 < B ? G + (i + 1) * d + j0 : nullptr);
+          }
+        }
+        for (int64_t j = 0; j < m; ++j) acc[j] = a * static_cast<double>(x[j0 + j]) - acc[j];
+        if (noisy && !noise_after_projection) add_noise(acc, j0, m, noise_std, seed, offset);
+        tile_ss[t] = sum_squares_of_doubles_as_float(acc, tmp + j0, m);
       }
-      for (int64_t j = 0; j < m; ++j) acc[j] = a * static_cast<double>(x[j0 + j]) - acc[j];
-      if (noisy && !noise_after_projection) add_noise(acc, j0, m, noise_std, seed, offset);
-      tile_ss[t] = sum_squares_of_doubles_as_float(acc, tmp + j0, m);
+    });
+  };
+  if (have_norms) {
+    for (int64_t i = 0; i < B; ++i) {
+      if (!(std::isfinite(n[i]) && n[i] >= 0)) return {StepOutcome::kBadNorm, i, n[i]};
+      set_coef(i);
     }
-  });
+    form_update(nullptr);
+  } else if (static_cast<double>(B) * static_cast<double>(d) * 4.0 <= kRowBlockBytes) {
+    // G fits in the cache budget: the update pass re-reads it from cache.
+    row_norms_cpu(G, B, d, n);
+    for (int64_t i = 0; i < B; ++i) {
+      if (!std::isfinite(n[i])) return {StepOutcome::kNonFiniteGrads, i, n[i]};
+      set_coef(i);
+    }
+    form_update(nullptr);
+  } else {
+    // Blocks of rows small enough to stay in the last-level cache: norms of the block (first
+    // read, from memory), then their weighted sum into `sums` (second read, from cache). Rows
+    // are added in the same order as above, so the result is bit-identical.
+    const int64_t rb = std::max<int64_t>(1, static_cast<int64_t>(kRowBlockBytes / (4.0 * d)));
+    std::vector<double> sums(static_cast<size_t>(d), 0.0);
+    for (int64_t i0 = 0; i0 < B; i0 += rb) {
+      const int64_t i1 = std::min(B, i0 + rb);
+      row_norms_cpu(G + i0 * d, i1 - i0, d, n + i0);
+      for (int64_t i = i0; i < i1; ++i) {
+        if (!std::isfinite(n[i])) return {StepOutcome::kNonFiniteGrads, i, n[i]};
+        set_coef(i);
+      }
+      at::parallel_for(0, tiles, 1, [&](int64_t tb, int64_t te) {
+        for (int64_t t = tb; t < te; ++t) {
+          const int64_t j0 = t * kTile, m = std::min(kTile, d - j0);
+          for (int64_t i = i0; i < i1; ++i) {
+            accumulate_row(sums.data() + j0, G + i * d + j0, coef[i], m,
+                           i + 1 < i1 ? G + (i + 1) * d + j0 : nullptr);
+          }
+        }
+      });
+    }
+    form_update(sums.data());
+  }
   double ss = 0;
   for (int64_t t = 0; t < tiles; ++t) ss += tile_ss[t];
   if (!std::isfinite(ss)) {

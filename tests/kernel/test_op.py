@@ -349,3 +349,18 @@ def test_cuda_matches_cpu():
     ops.noisy_step_(a, G, **kw)
     ops.noisy_step_(xv, G.cuda(), **kw)
     torch.testing.assert_close(xv.cpu(), a, rtol=2e-6, atol=2e-6)
+
+
+def test_cpu_row_blocked_path_matches_reference():
+    """B * d * 4 bytes above the CPU row-block budget (4 MB): norms and sums go block by block."""
+    x, G = sample_inputs(40, 40_000, seed=21, scale=0.01)
+    kw = dict(lr=0.3, weight_decay=0.01, clip=1.0, noise_std=0.05, radius=3.0, seed=9, offset=5)
+    x_op, x_ref, n_op, n_ref = run_both(x, G, **kw)
+    torch.testing.assert_close(n_op, n_ref, rtol=1e-12, atol=0)
+    assert_step_close(x_op, x_ref, scale=float(x_ref.abs().max()) + 1)
+    # A non-finite value in a later block still leaves params untouched.
+    G[35, 123] = float("inf")
+    before = x.clone()
+    with pytest.raises(ValueError, match="row 35"):
+        ops.noisy_step_(x, G, **kw)
+    assert torch.equal(x, before)
