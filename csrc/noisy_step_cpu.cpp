@@ -298,8 +298,9 @@ StepOutcome run_step_cpu(
       set_coef(i);
     }
     form_update(nullptr);
-  } else if (static_cast<double>(B) * static_cast<double>(d) * 4.0 <= kRowBlockBytes) {
-    // G fits in the cache budget: the update pass re-reads it from cache.
+  } else if (B == 1 || static_cast<double>(B) * static_cast<double>(d) * 4.0 <= kRowBlockBytes) {
+    // G fits in the cache budget (the update pass re-reads it from cache), or is one row (no
+    // reuse possible: blocking would only add the accumulator's traffic).
     row_norms_cpu(G, B, d, n);
     for (int64_t i = 0; i < B; ++i) {
       if (!std::isfinite(n[i])) return {StepOutcome::kNonFiniteGrads, i, n[i]};
