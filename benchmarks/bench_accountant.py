@@ -124,10 +124,70 @@ def section_linear_rho_max(repeats: int) -> None:
                  "ms ours", "ms dp_acc", "time ratio"], rows)
 
 
+def section_noise_for(repeats: int) -> None:
+    """noise_for per method at T = 10, 1000, 10^6 next to the paper's closed forms and dp_accounting.
+
+    Gradient clipping: the paper's sigma (with and without regularisation) and the sigma the same
+    amplification bound would need if rho were calibrated through dp_accounting's RDP conversion
+    on its default order grid. Model clipping: the paper's fixed-gamma contraction rule
+    theta_eps(2 C2/sigma)^T <= delta. Output perturbation: dp_accounting's analytic Gaussian.
+    """
+    import math
+
+    from dp_accounting import gaussian_mechanism
+    from dp_accounting.rdp import rdp_privacy_accountant as rdp
+
+    from certunlearn_theory import max_noise_ratio, noise_for
+    from certunlearn_theory.closed_forms import (paper_sigma_regularized,
+                                                 paper_sigma_unregularized)
+
+    eps, delta, C0, C1, gamma, C2 = 1.0, 1e-5, 1.0, 1.0, 0.01, 1.0
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512]
+
+    def dp_rho_max():
+        lo, hi = 0.0, 1.0
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            got, _ = rdp.compute_epsilon(orders, [mid * a for a in orders], delta)
+            lo, hi = (mid, hi) if got <= eps else (lo, mid)
+        return lo
+
+    ratio_dp = math.sqrt(linear_rho_max(eps, delta) / dp_rho_max())
+    rows = []
+    for lam in (0.0, 0.1):
+        for T in (10, 1000, 10**6):
+            ours = noise_for(eps, delta, T, C0, C1, gamma, lam)
+            t = median_seconds(lambda: noise_for(eps, delta, T, C0, C1, gamma, lam), repeats)
+            paper = (paper_sigma_unregularized(eps, delta, T, C0, C1, gamma) if lam == 0
+                     else paper_sigma_regularized(eps, delta, T, C0, C1, gamma, lam))
+            rows.append([f"gradient_clipping lam={lam:g}", str(T), f"{ours:.6g}", f"{paper:.6g}",
+                         f"{ours / paper:.4f}", f"{ours * ratio_dp:.6g}", f"{t * 1e3:.2f}"])
+    for T in (10, 1000):
+        kw = dict(method="model_clipping", C2=C2)
+        ours = noise_for(eps, delta, T, C0, None, None, **kw)
+        t = median_seconds(lambda: noise_for(eps, delta, T, C0, None, None, **kw),
+                           min(repeats, 3))
+        paper = 2 * C2 / max_noise_ratio(eps, delta ** (1.0 / T))
+        rows.append(["model_clipping", str(T), f"{ours:.6g}", f"{paper:.6g}",
+                     f"{ours / paper:.4f}", "-", f"{t * 1e3:.2f}"])
+    rows.append(["model_clipping", "10^6", "not run", "-", "-", "-",
+                 "not run: O(T) recursion, ~10 min"])
+    ours = noise_for(eps, delta, None, C0, None, None, method="output_perturbation")
+    t = median_seconds(lambda: noise_for(eps, delta, None, C0, None, None,
+                                         method="output_perturbation"), repeats)
+    theirs = 2 * C0 * gaussian_mechanism.get_sigma_gaussian(eps, delta)
+    rows.append(["output_perturbation", "-", f"{ours:.6g}", f"{theirs:.6g} (dp_acc)",
+                 f"{ours / theirs:.6f}", "-", f"{t * 1e3:.2f}"])
+    print_table(f"noise_for at (eps, delta) = ({eps:g}, {delta:g}), C0 = C1 = C2 = 1, gamma = 0.01",
+                ["method", "T", "sigma ours", "paper / ref", "ours/paper", "sigma via dp_acc rho",
+                 "ms ours"], rows)
+
+
 SECTIONS: list[Callable[[int], None]] = [
     section_gaussian_sigma,
     section_renyi_to_dp,
     section_linear_rho_max,
+    section_noise_for,
 ]
 
 
