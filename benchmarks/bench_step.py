@@ -7,7 +7,8 @@ median wall time over ``--repeats`` runs of
 * the fused op ``certunlearn_train.ops.noisy_step_`` (clip, noise, projection), computing the
   row norms itself and with precomputed norms;
 * the eager pure-PyTorch reference (float32 accumulation; Philox noise in torch ops);
-* ``torch.compile`` of that reference (skipped with the reason when compilation fails);
+* ``torch.compile`` of that reference (skipped with the reason when compilation fails; on a
+  2-core CPU, compiling the Philox rounds takes several minutes: ``--skip compile`` leaves it out);
 * Opacus ``DPOptimizer.step`` on the same per-sample gradients (skipped if Opacus is missing;
   install it for the benchmark only with ``pip install opacus --no-deps``);
 * on CUDA, a device-to-device ``clone`` of G, the card's copy bandwidth;
