@@ -20,7 +20,6 @@ Run: .venv/bin/python benchmarks/bench_unlearn.py [--batch 256] [--threads 1] [-
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 import warnings
@@ -49,7 +48,7 @@ def _median_ms(fn, repeats, warmup=5):
 
 def bench_model(name, model, x, y, repeats):
     import copy
-    from certunlearn_train._flat import FlatParameters, GradientSource, PerSampleGradients
+    from certunlearn_train._flat import FlatParameters, GradientSource
     from certunlearn_train.ops import NoiseStream, noisy_step_
     from torch.func import functional_call, grad, vmap
 

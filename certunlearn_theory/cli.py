@@ -109,14 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
+def run(parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse ``argv`` and run the chosen subcommand; invalid input is one line on stderr, exit 2."""
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except ValueError as exc:  # invalid input: one line, no traceback
         print(f"certunlearn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv=None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from .certificates import RunCertificate, build_run_certificate, weights_sha256
 from .models import check_unlearnable
 from .train import as_tensors, train
-from .unlearn import _param, clip_to_ball_
-from ._flat import FlatParameters, GradientSource
+from .unlearn import _param, check_finite_weights, clip_to_ball_, working_copy
+from ._flat import GradientSource
 
 __all__ = ["retrain", "output_perturbation", "dpsgd_train", "reinitialize_", "poisson_batch"]
 
@@ -94,16 +94,9 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
         raise ValueError("retain_data is empty")
     if finetune_epochs > 0 and finetune_lr is None:
         raise ValueError("finetune_epochs > 0 needs finetune_lr")
-    for name, p in model.named_parameters():
-        if not bool(torch.isfinite(p.detach()).all()):
-            raise ValueError(f"model weights must be finite: parameter {name} has NaN or inf")
+    check_finite_weights(model)
     sigma = float(ct.noise_for(eps, delta, 0, C0, None, None, method="output_perturbation"))
-    sha_before = weights_sha256(model)
-    if not inplace:
-        model = copy.deepcopy(model)
-    if device is not None:
-        model.to(device)
-    flat = FlatParameters(model)
+    model, flat, sha_before = working_copy(model, inplace, device)
     try:
         noise = NoiseStream(seed)
         clip_to_ball_(flat.flat, C0)
@@ -160,12 +153,7 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
     q = expected_batch_size / n
     steps = max(1, math.ceil(_param("epochs", epochs, low=0.0) / q))
     z = float(ct.dpsgd_noise_multiplier(eps, delta, q, steps, group_size=group_size))
-    sha_before = weights_sha256(model)
-    if not inplace:
-        model = copy.deepcopy(model)
-    if device is not None:
-        model.to(device)
-    flat = FlatParameters(model)
+    model, flat, sha_before = working_copy(model, inplace, device)
     noise = NoiseStream(seed)
     gen = torch.Generator()
     gen.manual_seed(seed if seed is not None else secrets.randbits(63))

@@ -250,13 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args) or 0)
-    except ValueError as exc:
-        print(f"certunlearn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return theory_cli.run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ guarantee the run has and lets anyone recompute it.
 """
 from __future__ import annotations
 
+import copy
 import math
 import secrets
 from typing import Callable, Optional, Tuple
@@ -73,6 +74,27 @@ def clip_to_ball_(flat: torch.Tensor, radius: float) -> float:
         while float(torch.linalg.vector_norm(flat.double())) > radius:
             flat.mul_(1.0 - 2.0 ** -20)
     return norm
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Refuse a model with a NaN or infinite weight, naming the parameter."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p.detach()).all()):
+            raise ValueError(f"model weights must be finite: parameter {name} has NaN or inf")
+
+
+def working_copy(model: nn.Module, inplace: bool, device) -> Tuple[nn.Module, FlatParameters, str]:
+    """The model a run writes to, its flat parameter buffer and the SHA-256 of the weights given.
+
+    The model is a deep copy unless ``inplace``, moved to ``device`` when one is given; its
+    parameters become views into the returned :class:`FlatParameters`.
+    """
+    sha_before = weights_sha256(model)
+    if not inplace:
+        model = copy.deepcopy(model)
+    if device is not None:
+        model.to(device)
+    return model, FlatParameters(model), sha_before
 
 
 def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torch.Tensor, *,
@@ -191,21 +213,13 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
         T = max(1, math.ceil(C0 / (lr * C1)))
     else:
         raise ValueError(f"{method} with lam={lam} needs steps or epochs")
-    for name, p in model.named_parameters():
-        if not bool(torch.isfinite(p.detach()).all()):
-            raise ValueError(f"model weights must be finite: parameter {name} has NaN or inf")
+    check_finite_weights(model)
 
     # The guarantee first: invalid eps/delta or an unreachable target fail before any work.
     acct_c1 = C1 if math.isfinite(C1) else None
     sigma = float(ct.noise_for(eps, delta, T, C0, acct_c1, lr, lam, method=method, C2=C2,
                                sigma0=sigma0))
-    sha_before = weights_sha256(model)
-
-    if not inplace:
-        import copy
-        model = copy.deepcopy(model)
-    model.to(device)
-    flat = FlatParameters(model)
+    model, flat, sha_before = working_copy(model, inplace, device)
     try:
         if clip == "per_sample":  # refuse a non-vmap-able forward before touching the weights
             GradientSource(model, flat, clip, C1, loss_fn, 2, grad_buffer_bytes).probe(x, y)

@@ -11,23 +11,13 @@ from scipy import stats
 import certunlearn_theory as ct
 from certunlearn_train import baselines as B
 from certunlearn_train import certificates as C
-from certunlearn_train.models import MLP
 from certunlearn_train.ops import gaussian_noise
 
-
-def _tiny(n=24, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    return MLP(64, 10, (8,)), torch.rand(n, 1, 8, 8, generator=g), \
-        torch.randint(0, 10, (n,), generator=g)
-
-
-def _flat(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+from .helpers import flat_params, tiny_problem
 
 
 def test_retrain_is_exact_and_fresh():
-    model, x, y = _tiny()
+    model, x, y = tiny_problem()
     before = C.weights_sha256(model)
     out, cert = B.retrain(model, (x, y), epochs=1, lr=0.1, seed=3, forget_size=4, progress=False)
     assert C.weights_sha256(model) == before
@@ -35,7 +25,7 @@ def test_retrain_is_exact_and_fresh():
     cert.verify(out)
     # a re-initialised model does not start from the trained weights
     again = B.reinitialize_(copy.deepcopy(model), seed=3)
-    assert not torch.equal(_flat(again), _flat(model))
+    assert not torch.equal(flat_params(again), flat_params(model))
     with pytest.raises(ValueError, match="no reset_parameters"):
         class Odd(torch.nn.Module):
             def __init__(self):
@@ -45,16 +35,16 @@ def test_retrain_is_exact_and_fresh():
 
 
 def test_output_perturbation_noise_scale_and_certificate():
-    model, x, y = _tiny()
+    model, x, y = tiny_problem()
     C0 = 0.5
     out, cert = B.output_perturbation(model, (x, y), eps=1.0, delta=1e-5, C0=C0, seed=9,
                                       progress=False)
     sigma = float(ct.noise_for(1.0, 1e-5, 0, C0, None, None, method="output_perturbation"))
     assert cert.sigma == sigma
-    flat = _flat(model).double()
+    flat = flat_params(model).double()
     clipped = flat * min(1.0, C0 / float(flat.norm()))
     z = gaussian_noise(flat.numel(), 9, 0, dtype=torch.float64)
-    torch.testing.assert_close(_flat(out).double(), clipped + sigma * z, rtol=0, atol=1e-6)
+    torch.testing.assert_close(flat_params(out).double(), clipped + sigma * z, rtol=0, atol=1e-6)
     # sigma is the analytic Gaussian calibration: theta_eps(2 C0 / sigma) <= delta, and tight
     r = 2 * C0 / sigma
     theta = stats.norm.cdf(r / 2 - 1 / r) - math.e * stats.norm.cdf(-1 / r - r / 2)
@@ -82,7 +72,7 @@ def test_poisson_batches_have_binomial_sizes_and_uniform_inclusion():
 
 
 def test_dpsgd_full_batch_step_matches_reference_and_certificate():
-    model, x, y = _tiny(n=16)
+    model, x, y = tiny_problem(n=16)
     lr, clip, k = 0.5, 0.2, 2
     out, cert = B.dpsgd_train(model, (x, y), eps=8.0, delta=1e-5, group_size=k, epochs=1,
                               lr=lr, clip=clip, expected_batch_size=16, seed=4, progress=False)
@@ -97,15 +87,15 @@ def test_dpsgd_full_batch_step_matches_reference_and_certificate():
         rows.append(r * min(1.0, clip / float(r.norm())))
     noise = gaussian_noise(rows[0].numel(), 4, 0, dtype=torch.float64)
     # the op adds +noise_std * z (the sign of a symmetric noise is a convention)
-    expected = _flat(model).double() - lr / 16 * (torch.stack(rows).sum(0) - z * clip * noise)
-    torch.testing.assert_close(_flat(out).double(), expected, rtol=1e-5, atol=1e-5)
+    expected = flat_params(model).double() - lr / 16 * (torch.stack(rows).sum(0) - z * clip * noise)
+    torch.testing.assert_close(flat_params(out).double(), expected, rtol=1e-5, atol=1e-5)
     assert float(ct.dpsgd_epsilon(z, 1.0, 1, 1e-5, group_size=k)) <= 8.0
     assert cert.forget_size == k
     cert.verify(out)
 
 
 def test_dpsgd_bad_input():
-    model, x, y = _tiny()
+    model, x, y = tiny_problem()
     kw = dict(eps=1.0, delta=1e-5, group_size=1, epochs=1, lr=0.1, clip=1.0, progress=False)
     with pytest.raises(ValueError, match="expected_batch_size must be <= the 24"):
         B.dpsgd_train(model, (x, y), expected_batch_size=100, **kw)

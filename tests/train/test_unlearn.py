@@ -3,34 +3,22 @@ import copy
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import certunlearn_theory as ct
 from certunlearn_train import certificates as C
 from certunlearn_train.data import load_dataset, select_forget, split_forget
 from certunlearn_train.evaluate import evaluate_model
-from certunlearn_train.models import MLP, SmallCNN
+from certunlearn_train.models import MLP
 from certunlearn_train.ops import gaussian_noise
 from certunlearn_train.train import train
 from certunlearn_train.unlearn import batch_generator_seed, unlearn
 
 from .test_noisy_phase import reference
+from .helpers import flat_params, tiny_problem
 
 EPS, DELTA = 1.0, 1e-5
-
-
-def _tiny(n=24, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    return MLP(64, 10, (8,)), torch.rand(n, 1, 8, 8, generator=g), \
-        torch.randint(0, 10, (n,), generator=g)
-
-
-def _flat(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -39,7 +27,7 @@ def _flat(model):
 
 @pytest.mark.parametrize("method", ["gradient_clipping", "model_clipping"])
 def test_unlearn_equals_clip_then_reference_steps(method):
-    model, x, y = _tiny()
+    model, x, y = tiny_problem()
     kw = dict(C0=0.5, lr=0.1, steps=5, batch_size=8, clip="per_sample", seed=1234)
     if method == "gradient_clipping":
         kw.update(C1=0.1)
@@ -50,7 +38,7 @@ def test_unlearn_equals_clip_then_reference_steps(method):
     out, cert = unlearn(model, (x, y), eps=EPS, delta=DELTA, method=method, progress=False, **kw)
     # reference: clip to C0 (plain ops), optional initial noise at counter 0, then the steps
     start = copy.deepcopy(model)
-    flat = _flat(start).double()
+    flat = flat_params(start).double()
     flat = flat * min(1.0, kw["C0"] / float(flat.norm()))
     d = flat.numel()
     offset = 0
@@ -63,7 +51,7 @@ def test_unlearn_equals_clip_then_reference_steps(method):
                      C1=C1, sigma=cert.sigma, radius=radius, batch_size=8,
                      batch_seed=batch_generator_seed(1234), noise_seed=1234,
                      noise_offset=offset)
-    torch.testing.assert_close(_flat(out), traj[-1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flat_params(out), traj[-1], rtol=1e-5, atol=1e-5)
     assert cert.noise_seed_user_supplied and "1234" not in cert.to_json()
 
 
@@ -73,7 +61,7 @@ def test_unlearn_equals_clip_then_reference_steps(method):
     ("model_clipping", dict(C2=1.0, lam=0.1)),
 ])
 def test_certificate_numbers_recomputed_by_accountant(method, extra):
-    model, x, y = _tiny()
+    model, x, y = tiny_problem()
     out, cert = unlearn(model, (x, y), eps=EPS, delta=DELTA, method=method, C0=0.5, lr=0.1,
                         steps=8, batch_size=8, progress=False, **extra)
     p = cert.parameters
@@ -100,7 +88,7 @@ def test_certificate_numbers_recomputed_by_accountant(method, extra):
 
 @pytest.fixture(scope="module")
 def sound_pair(tmp_path_factory):
-    model, x, y = _tiny()
+    model, x, y = tiny_problem()
     out, cert = unlearn(model, (x, y), eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=6,
                         batch_size=8, progress=False)
     folder = tmp_path_factory.mktemp("pair")
@@ -184,7 +172,7 @@ BAD = [
 
 @pytest.mark.parametrize("change, message", BAD, ids=[b[1][:30] for b in BAD])
 def test_bad_parameters_fail_before_work(change, message):
-    model, x, y = _tiny()
+    model, x, y = tiny_problem()
     before = C.weights_sha256(model)
     kw = dict(eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=3, progress=False)
     kw.update(change)
@@ -194,7 +182,7 @@ def test_bad_parameters_fail_before_work(change, message):
 
 
 def test_bad_data_and_models():
-    model, x, y = _tiny()
+    model, x, y = tiny_problem()
     kw = dict(eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=3, progress=False)
     with pytest.raises(ValueError, match="retain_data is empty"):
         unlearn(model, (x[:0], y[:0]), **kw)
@@ -213,7 +201,7 @@ def test_bad_data_and_models():
 
 
 def test_input_model_untouched_unless_inplace():
-    model, x, y = _tiny()
+    model, x, y = tiny_problem()
     before = C.weights_sha256(model)
     params_before = [p for p in model.parameters()]
     kw = dict(eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=3, progress=False)
@@ -280,14 +268,14 @@ def test_noisy_phase_alone_forgets(digits_class_forget):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("clip", ["batch", "per_sample"])
 def test_unlearn_on_cuda_matches_cpu(clip):
-    model, x, y = _tiny()
+    model, x, y = tiny_problem()
     kw = dict(eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=6, batch_size=8, clip=clip,
               finetune_epochs=0, seed=77, progress=False)
     out_cpu, cert_cpu = unlearn(model, (x, y), **kw)
     out_gpu, cert_gpu = unlearn(model, (x, y), device="cuda", **kw)
     assert next(out_gpu.parameters()).is_cuda and not next(model.parameters()).is_cuda
     assert cert_gpu.sigma == cert_cpu.sigma
-    torch.testing.assert_close(_flat(out_gpu).cpu(), _flat(out_cpu), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(flat_params(out_gpu).cpu(), flat_params(out_cpu), rtol=1e-4, atol=1e-5)
     cert_gpu.verify(out_gpu)
 
 
@@ -305,7 +293,7 @@ class _DataDependent(torch.nn.Module):
 
 
 def test_non_vmap_compatible_model_is_refused_for_per_sample_only():
-    _, x, y = _tiny()
+    _, x, y = tiny_problem()
     torch.manual_seed(0)
     model = _DataDependent()
     before = C.weights_sha256(model)
