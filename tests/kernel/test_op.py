@@ -358,6 +358,11 @@ def test_cpu_row_blocked_path_matches_reference():
     x_op, x_ref, n_op, n_ref = run_both(x, G, **kw)
     torch.testing.assert_close(n_op, n_ref, rtol=1e-12, atol=0)
     assert_step_close(x_op, x_ref, scale=float(x_ref.abs().max()) + 1)
+    # Blocks are whole groups of eight rows, so the blocked sums equal, bit for bit, the single
+    # pass that runs when the norms are given (the same grouping over all rows).
+    x_given = x.clone()
+    ops.noisy_step_(x_given, G, norms=n_op, **kw)
+    assert torch.equal(x_given, x_op)
     # A non-finite value in a later block still leaves params untouched.
     G[35, 123] = float("inf")
     before = x.clone()
