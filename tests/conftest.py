@@ -2,6 +2,8 @@
 
 Hypothesis runs derandomized (the same examples every run, so CI is reproducible) with no
 per-example deadline: mpmath at 50+ digits is slow on the first call of a code path.
+`HYPOTHESIS_PROFILE=thorough` runs random examples, more of them (tests with their own count
+scale it through `tests/hypothesis_budget.py`).
 """
 import os
 

@@ -16,6 +16,8 @@ import certunlearn_theory as ct
 from certunlearn_theory import InvalidParameterError, UnreachableTargetError
 from certunlearn_theory.amplification import pabi_bound, pabi_rho, pabi_sigma, pabi_steps, shift_path
 
+from ..hypothesis_budget import examples
+
 
 # ----------------------------------------------------------------------------------------------
 # Independent oracles
@@ -219,7 +221,7 @@ def test_full_horizon_cauchy_schwarz_path_can_go_negative(seed):
 pos = st.floats(0.05, 5.0)
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(T=st.integers(1, 10**6), extra=st.integers(1, 10**6), C0=pos, C1=pos,
        gamma=st.floats(1e-4, 0.5), lam=st.one_of(st.just(0.0), st.floats(0.0, 1.0)), sigma=pos)
 def test_more_steps_never_weaken(T, extra, C0, C1, gamma, lam, sigma):
@@ -227,7 +229,7 @@ def test_more_steps_never_weaken(T, extra, C0, C1, gamma, lam, sigma):
     assert pabi_rho(sigma, T + extra, C0, C1, gamma, lam) <= pabi_rho(sigma, T, C0, C1, gamma, lam)
 
 
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @given(seed=st.integers(0, 10**6), T=st.integers(1, 40), extra=st.integers(1, 40))
 def test_more_steps_never_weaken_schedules(seed, T, extra):
     rng = np.random.default_rng(seed)
@@ -237,7 +239,7 @@ def test_more_steps_never_weaken_schedules(seed, T, extra):
     assert long <= short
 
 
-@settings(max_examples=25)
+@settings(max_examples=examples(25))
 @given(T=st.integers(1, 10**5), C0=pos, C1=pos, gamma=st.floats(1e-4, 0.5),
        lam=st.floats(0.0, 0.5), rho=st.floats(1e-3, 10.0), f=st.floats(1.01, 3.0))
 def test_sigma_grows_with_C0_C1_and_1_over_rho(T, C0, C1, gamma, lam, rho, f):
@@ -252,7 +254,7 @@ def test_sigma_grows_with_C0_C1_and_1_over_rho(T, C0, C1, gamma, lam, rho, f):
     assert got == pytest.approx(rho, rel=1e-9)
 
 
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(T=st.integers(1, 10**6), C0=pos, C1=pos, gamma=st.floats(1e-4, 0.5), sigma=pos)
 def test_lam_to_zero_is_continuous(T, C0, C1, gamma, sigma):
     r0 = pabi_rho(sigma, T, C0, C1, gamma, 0.0)

@@ -13,6 +13,8 @@ from certunlearn_theory import (InvalidParameterError, UnreachableTargetError, d
                                 epsilon_for, noise_for, output_perturbation_classical_sigma,
                                 steps_for)
 
+from ..hypothesis_budget import examples
+
 GC = dict(C0=1.0, C1=1.0, gamma=0.01)
 
 
@@ -72,7 +74,7 @@ def test_iteration_beats_output_perturbation():
     assert noise_for(1.0, 1e-5, 10, 1.0, None, None, method="model_clipping", C2=1.0) < op
 
 
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(eps=st.floats(0.05, 20), T=st.integers(1, 10**6), C0=st.floats(0.1, 10),
        C1=st.floats(0.1, 10), gamma=st.floats(1e-4, 0.1), f=st.floats(1.01, 4))
 def test_sigma_monotone(eps, T, C0, C1, gamma, f):
@@ -83,14 +85,14 @@ def test_sigma_monotone(eps, T, C0, C1, gamma, f):
     assert noise_for(eps, 1e-6 / f, T, C0, C1, gamma) >= base
 
 
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @given(sigma=st.floats(0.05, 50), T=st.integers(1, 10**6), extra=st.integers(1, 10**6),
        lam=st.sampled_from([0.0, 1e-3, 0.5]))
 def test_more_steps_never_weaken(sigma, T, extra, lam):
     assert epsilon_for(sigma, 1e-5, T + extra, lam=lam, **GC) <= epsilon_for(sigma, 1e-5, T, lam=lam, **GC)
 
 
-@settings(max_examples=10)
+@settings(max_examples=examples(10))
 @given(T=st.integers(1, 10**6), eps=st.floats(0.1, 10))
 def test_lam_to_zero_continuity(T, eps):
     s0 = noise_for(eps, 1e-5, T, **GC)

@@ -7,6 +7,8 @@ from hypothesis import given, settings, strategies as st
 from certunlearn_theory import (Certificate, InvalidParameterError, dpsgd_epsilon, epsilon_for,
                                 issue_certificate, issue_dpsgd_certificate, noise_for)
 
+from ..hypothesis_budget import examples
+
 GC = (1e-5, 100, 1.0, 1.0, 0.01)
 
 
@@ -72,7 +74,7 @@ def test_immutable():
         cert.derivation["rho_pabi"] = 0.0
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(st.floats(allow_nan=False, allow_infinity=False, min_value=1e-300, max_value=1e300))
 def test_floats_round_trip_exactly(x):
     cert = Certificate(method="gradient_clipping", parameters={"C0": x, "list": [x, -x]},

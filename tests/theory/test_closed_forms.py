@@ -13,6 +13,8 @@ from certunlearn_theory.closed_forms import (paper_model_clipping_steps, paper_r
                                              paper_sigma_regularized, paper_sigma_unregularized,
                                              tv_model_clipping_steps)
 
+from ..hypothesis_budget import examples
+
 
 def test_formulas_by_hand():
     L = math.log(1e5)
@@ -93,7 +95,7 @@ def test_conditions_refused():
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
-@settings(max_examples=25)
+@settings(max_examples=examples(25))
 @given(eps=st.floats(0.1, 10), T=st.integers(1, 10**5), C0=st.floats(0.1, 10),
        C1=st.floats(0.1, 10), gamma=st.floats(1e-4, 0.1), lam=st.floats(0.0, 1.0))
 def test_ours_never_above_a_sound_closed_form(eps, T, C0, C1, gamma, lam):

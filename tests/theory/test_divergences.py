@@ -31,6 +31,8 @@ from certunlearn_theory import (
     theta,
 )
 
+from ..hypothesis_budget import examples
+
 TINY = 5e-324
 
 
@@ -185,7 +187,7 @@ def test_theta_special_values():
         assert relative_error(theta(0, 1.3), 2 * norm.cdf(0.65) - 1) < 1e-14
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(eps=st.floats(0, 1e4), log_r=st.floats(-8, 8))
 def test_theta_is_a_probability_and_log_theta_agrees(eps, log_r):
     r = 10.0 ** log_r
@@ -233,7 +235,7 @@ def test_zero_sensitivity_gives_exactly_zero_delta_and_epsilon():
     assert gaussian_epsilon(1e-5, 0.0, 1.0) == 0.0
 
 
-@settings(max_examples=25)
+@settings(max_examples=examples(25))
 @given(eps=st.floats(0, 50), log_ratio=st.floats(-3, 2))
 def test_gaussian_delta_is_rounded_up_and_tight(eps, log_ratio):
     sigma = 10.0 ** -log_ratio
@@ -247,7 +249,7 @@ def test_gaussian_delta_is_rounded_up_and_tight(eps, log_ratio):
             assert math.nextafter(got, 0.0) < exact or got == TINY
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(eps=st.floats(0, 100), sensitivity=st.floats(1e-3, 1e3), sigma=st.floats(1e-2, 1e2),
        factor=st.floats(1.01, 3.0))
 def test_gaussian_delta_monotonicity(eps, sensitivity, sigma, factor):
@@ -257,7 +259,7 @@ def test_gaussian_delta_monotonicity(eps, sensitivity, sigma, factor):
     assert gaussian_delta(eps, sensitivity * factor, sigma) >= base
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(eps=st.floats(0, 100), sensitivity=st.floats(1e-3, 1e3), sigma=st.floats(1e-2, 1e2),
        power=st.integers(-20, 20), scale=st.floats(1e-3, 1e3))
 def test_gaussian_delta_scale_invariance(eps, sensitivity, sigma, power, scale):
@@ -274,14 +276,14 @@ def test_gaussian_delta_scale_invariance(eps, sensitivity, sigma, power, scale):
         assert abs(scaled - base) <= base * (1e-14 + 5e-16 * slope)
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(eps=st.floats(0, 1e4), log_ratio=st.floats(-8, 8))
 def test_no_exception_or_nan_over_wide_ranges(eps, log_ratio):
     delta = gaussian_delta(eps, 10.0 ** log_ratio, 1.0)
     assert 0 < delta <= 1 and not math.isnan(delta)
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(eps=st.floats(0, 1e4), log_delta=st.floats(-320, -1e-9), log_ratio=st.floats(-8, 8))
 def test_inversions_never_raise_or_return_nan_over_wide_ranges(eps, log_delta, log_ratio):
     delta = max(10.0 ** log_delta, TINY)
@@ -311,7 +313,7 @@ def test_dp_accounting_analytic_gaussian_agrees():
 # Inversions: epsilon, sigma, max_noise_ratio
 # ----------------------------------------------------------------------------------------------
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(log_delta=st.floats(-300, math.log10(0.5)), log_r=st.floats(-2, 2))
 def test_epsilon_round_trip_is_safe_and_tight(log_delta, log_r):
     delta = 10.0 ** log_delta
@@ -330,7 +332,7 @@ def test_epsilon_round_trip_is_safe_and_tight(log_delta, log_r):
         assert mpf(math.nextafter(eps, 0.0)) < exact * (1 + mpf(10) ** -40)
 
 
-@settings(max_examples=25)
+@settings(max_examples=examples(25))
 @given(eps=st.floats(0, 100), log_delta=st.floats(-300, math.log10(0.5)),
        sensitivity=st.floats(1e-3, 1e3))
 def test_sigma_calibrate_then_evaluate(eps, log_delta, sensitivity):
@@ -453,7 +455,7 @@ def test_contraction_recursion_published_step_counts():
     assert hockey_stick_contraction(1.0, 1e-300, 1.0, 1.0) == TINY
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(eps=st.floats(0, 20), d1=st.floats(1e-300, 1.0), d2=st.floats(1e-300, 1.0),
        radius=st.floats(1e-2, 10.0))
 def test_contraction_nondecreasing_in_delta_in(eps, d1, d2, radius):

@@ -15,6 +15,8 @@ from certunlearn_theory.dpsgd import (DPSGD_ORDERS, dpsgd_bound, dpsgd_epsilon,
                                       dpsgd_noise_multiplier, group_privacy, group_split,
                                       subsampled_gaussian_rdp)
 
+from ..hypothesis_budget import examples
+
 dp_event = pytest.importorskip("dp_accounting.dp_event")
 rdp_acc = pytest.importorskip("dp_accounting.rdp.rdp_privacy_accountant")
 
@@ -135,7 +137,7 @@ def test_noise_multiplier_round_trip(eps, q, steps, k):
         assert oracle_epsilon(nm, q, steps, d1) <= e1 * (1 + 1e-9)
 
 
-@settings(max_examples=8)
+@settings(max_examples=examples(8))
 @given(nm=st.floats(0.5, 10), q=st.floats(1e-3, 1.0), steps=st.integers(1, 10000),
        f=st.floats(1.05, 3))
 def test_monotone(nm, q, steps, f):

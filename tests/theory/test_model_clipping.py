@@ -17,6 +17,8 @@ from certunlearn_theory.model_clipping import (model_clipping_bound, model_clipp
                                                model_clipping_epsilon, model_clipping_sigma,
                                                model_clipping_steps)
 
+from ..hypothesis_budget import examples
+
 
 def plain_theta(eps, r):
     """theta by the textbook difference of normal CDFs (needs many digits; test-only)."""
@@ -86,7 +88,7 @@ def test_noise_before_projection_first_step_is_not_a_contraction():
     assert b.delta >= model_clipping_delta(sig, eps, 3, C0=C0, C2=C2)
 
 
-@settings(max_examples=12)
+@settings(max_examples=examples(12))
 @given(eps=st.floats(0.1, 5), r=st.floats(0.5, 6), T=st.integers(1, 60))
 def test_delta_decreases_at_least_geometrically(eps, r, T):
     # exact recursion <= fixed-gamma bound theta_eps(r)^T <= TV bound theta_0(r)^T, and each
@@ -102,7 +104,7 @@ def test_delta_decreases_at_least_geometrically(eps, r, T):
     assert T * step <= T * tv * (1 - 1e-12) + 1e-12
 
 
-@settings(max_examples=8)
+@settings(max_examples=examples(8))
 @given(eps=st.floats(0.2, 4), delta=st.sampled_from([1e-3, 1e-5, 1e-10, 1e-30]),
        T=st.integers(2, 40), s0=st.sampled_from([0.0, 1.5, 5.0]))
 def test_sigma_round_trip(eps, delta, T, s0):

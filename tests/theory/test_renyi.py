@@ -25,6 +25,8 @@ from certunlearn_theory import (
     renyi_to_dp,
 )
 
+from ..hypothesis_budget import examples
+
 DP_ORDERS = ([1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64))
              + [128, 256, 512, 1024])
 
@@ -153,7 +155,7 @@ def test_delta_below_float_range_and_zero_curve():
 # Properties
 # ----------------------------------------------------------------------------------------------
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(log_rho=st.floats(-8, 3), log_delta=st.floats(-300, -0.5))
 def test_improved_never_worse_than_mironov_and_rounded_up(log_rho, log_delta):
     rho, delta = 10.0 ** log_rho, 10.0 ** log_delta
@@ -169,7 +171,7 @@ def test_improved_never_worse_than_mironov_and_rounded_up(log_rho, log_delta):
             assert mpf(math.nextafter(improved, 0.0)) < exact * (1 + mpf(10) ** -40)
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(log_eps=st.floats(-4, 3), log_delta=st.floats(-300, -0.5),
        conversion=st.sampled_from(["improved", "mironov"]))
 def test_rho_max_round_trip(log_eps, log_delta, conversion):
@@ -189,7 +191,7 @@ def test_rho_max_round_trip(log_eps, log_delta, conversion):
         assert mpf(math.nextafter(rho, math.inf)) > exact * (1 - mpf(10) ** -40)
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(log_rho=st.floats(-300, 300), log_delta=st.floats(-320, -1e-9), log_eps=st.floats(-300, 300),
        conversion=st.sampled_from(["improved", "mironov"]))
 def test_conversions_never_raise_or_return_nan_over_wide_ranges(log_rho, log_delta, log_eps,
@@ -203,7 +205,7 @@ def test_conversions_never_raise_or_return_nan_over_wide_ranges(log_rho, log_del
     assert 0 <= linear_rho_max(eps, delta, conversion=conversion) < math.inf
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(log_delta=st.floats(-100, -1), log_ratio=st.floats(-2, 1))
 def test_rdp_conversion_never_beats_the_exact_gaussian_profile(log_delta, log_ratio):
     delta, ratio = 10.0 ** log_delta, 10.0 ** log_ratio
@@ -211,7 +213,7 @@ def test_rdp_conversion_never_beats_the_exact_gaussian_profile(log_delta, log_ra
     assert renyi_to_dp(curve, delta) >= gaussian_epsilon(delta, ratio, 1.0)
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(log_rho=st.floats(-4, 1), log_delta=st.floats(-50, -1),
        conversion=st.sampled_from(["improved", "mironov"]))
 def test_delta_and_epsilon_conversions_are_consistent(log_rho, log_delta, conversion):
@@ -224,7 +226,7 @@ def test_delta_and_epsilon_conversions_are_consistent(log_rho, log_delta, conver
         assert back >= delta * (1 - 1e-9)
 
 
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(a=st.floats(0, 10), b=st.floats(0, 10), log_delta=st.floats(-20, -1))
 def test_composition_adds_curves(a, b, log_delta):
     delta = 10.0 ** log_delta
