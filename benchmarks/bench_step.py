@@ -7,8 +7,11 @@ median wall time over ``--repeats`` runs of
 * the fused op ``certunlearn_train.ops.noisy_step_`` (clip, noise, projection), computing the
   row norms itself and with precomputed norms;
 * the eager pure-PyTorch reference (float32 accumulation; Philox noise in torch ops);
-* ``torch.compile`` of that reference (skipped with the reason when compilation fails; on a
-  2-core CPU, compiling the Philox rounds takes several minutes: ``--skip compile`` leaves it out);
+* ``torch.compile`` of that reference with the noise switched off, plus the op's noise added
+  eagerly (the same step, noise after the projection), and ``torch.compile`` of the whole
+  reference including its Philox rounds (compiling those took more than ten minutes on a 2-core
+  CPU, so on the CPU this row runs only when ``--skip`` is given explicitly without it); a row
+  whose compilation fails is skipped with the reason;
 * Opacus ``DPOptimizer.step`` on the same per-sample gradients (skipped if Opacus is missing;
   install it for the benchmark only with ``pip install opacus --no-deps``);
 * on CUDA, a device-to-device ``clone`` of G, the card's copy bandwidth;
@@ -17,7 +20,7 @@ with GB/s counted as the bytes a single-pass step must move, (B d + 2 d) * 4, an
 the fused op.
 
 Usage: python benchmarks/bench_step.py [--device cpu|cuda] [--sizes 1x1e7,256x1e6]
-       [--repeats 5] [--skip compile,opacus,reference]
+       [--repeats 5] [--skip compile,compile-full,opacus,reference]
 """
 from __future__ import annotations
 
@@ -134,6 +137,18 @@ def bench_size(B: int, d: int, device: torch.device, repeats: int, skip: set[str
     if "reference" not in skip:
         add("eager reference (torch)", reference)
     if "compile" not in skip:
+        # The reference with the noise switched off, compiled, plus the op's noise added eagerly:
+        # the same step (noise after the projection) without tracing the Philox rounds.
+        compiled_arith = torch.compile(R.noisy_step_reference)
+        kw_quiet = dict(kw, noise_std=0.0)
+
+        def reference_compiled_arith():
+            seed, off = stream.take(d)
+            compiled_arith(x, G, seed=1, offset=0, accumulate_dtype=torch.float32, **kw_quiet)
+            x.add_(ops.gaussian_noise(d, seed, off, device=device), alpha=STD)
+
+        add("torch.compile(ref), eager noise", reference_compiled_arith)
+    if "compile-full" not in skip:
         compiled = torch.compile(R.noisy_step_reference)
 
         def reference_compiled():
@@ -185,7 +200,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"BxD list (default {DEFAULT_SIZES})")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (median)")
-    parser.add_argument("--skip", default="", help="comma list of: reference, compile, opacus")
+    parser.add_argument("--skip", default=None,
+                        help="comma list of: reference, compile, compile-full, opacus (default: "
+                             "compile-full on the CPU, where compiling the Philox rounds takes more "
+                             "than ten minutes on small machines; nothing on CUDA)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -194,8 +212,10 @@ def main(argv=None) -> int:
     if args.repeats < 1:
         print("bench_step.py: --repeats must be >= 1", file=sys.stderr)
         return 2
+    if args.skip is None:
+        args.skip = "compile-full" if device.type == "cpu" else ""
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    unknown = skip - {"reference", "compile", "opacus"}
+    unknown = skip - {"reference", "compile", "compile-full", "opacus"}
     if unknown:
         print(f"bench_step.py: unknown --skip items {sorted(unknown)}", file=sys.stderr)
         return 2
