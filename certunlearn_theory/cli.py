@@ -110,13 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(parser: argparse.ArgumentParser, argv=None) -> int:
-    """Parse ``argv`` and run the chosen subcommand; invalid input is one line on stderr, exit 2."""
+    """Parse ``argv`` and run the chosen subcommand.
+
+    Invalid input is one line on stderr and exit code 2; a file that cannot be read or written
+    (missing folder, no permission, full disk) is one line and exit code 1. No traceback.
+    """
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except ValueError as exc:  # invalid input: one line, no traceback
+    except ValueError as exc:
         print(f"certunlearn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"certunlearn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv=None) -> int:

@@ -86,6 +86,15 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert "seed" not in json.dumps(cert["parameters"])
 
 
+def test_unwritable_output_is_one_line_not_a_traceback(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["demo", "--quick", "--out", str(blocker / "demo"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("certunlearn demo: error:"), err
+    assert "a_file" in err
+
+
 def test_accountant_commands_do_not_import_torch():
     code = ("import sys; from certunlearn_train.cli import build_parser; "
             "build_parser().parse_args(['verify', 'a', 'b']); "
