@@ -45,6 +45,31 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator):
             yield perm[i:i + batch_size]
 
 
+def check_model_fits_data(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          loss_fn=F.cross_entropy) -> None:
+    """Refuse, with a ValueError, data the model or the loss cannot take, before any work.
+
+    Runs the model on two samples without gradients (parameters are not touched) and, for the
+    cross-entropy loss, checks every label against the number of outputs, so that a wrong input
+    shape or an out-of-range label is one clear error instead of a failure deep in a training loop.
+    """
+    try:
+        with torch.no_grad():
+            out = model(x[:2])
+            loss = loss_fn(out, y[:2])
+    except Exception as exc:  # any failure of user code on user data, reported with its cause
+        raise ValueError(f"the model cannot run on these inputs of shape {tuple(x.shape[1:])} "
+                         f"per sample: {type(exc).__name__}: {exc}") from exc
+    if loss.dim() != 0:
+        raise ValueError(f"the loss must return a scalar, got shape {tuple(loss.shape)}")
+    if loss_fn is F.cross_entropy and out.dim() == 2 and len(y):
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= out.shape[1]:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"labels must lie in [0, {out.shape[1]}) for a model with "
+                             f"{out.shape[1]} outputs, found {bad}")
+
+
 def train(model: nn.Module, data, *, epochs: float, lr: float, batch_size: int = 128,
           momentum: float = 0.9, weight_decay: float = 0.0, seed: Optional[int] = None,
           progress: bool = True, desc: str = "train") -> nn.Module:
@@ -58,6 +83,7 @@ def train(model: nn.Module, data, *, epochs: float, lr: float, batch_size: int =
     n = len(y)
     if n == 0:
         raise ValueError("cannot train on an empty data set")
+    check_model_fits_data(model, x, y)
     if not epochs >= 0:
         raise ValueError(f"epochs must be >= 0, got {epochs!r}")
     steps = int(-(-epochs * n // batch_size))

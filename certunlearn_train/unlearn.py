@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .certificates import RunCertificate, build_run_certificate, weights_sha256
 from .models import check_unlearnable
-from .train import as_tensors, epoch_batches, train
+from .train import as_tensors, check_model_fits_data, epoch_batches, train
 from ._flat import FlatParameters, GradientSource
 
 __all__ = ["unlearn", "noisy_phase", "clip_to_ball_", "METHODS", "CLIP_MODES",
@@ -221,6 +221,7 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
                                sigma0=sigma0))
     model, flat, sha_before = working_copy(model, inplace, device)
     try:
+        check_model_fits_data(model, x, y, loss_fn)  # on `device`, before touching the weights
         if clip == "per_sample":  # refuse a non-vmap-able forward before touching the weights
             GradientSource(model, flat, clip, C1, loss_fn, 2, grad_buffer_bytes).probe(x, y)
         noise = NoiseStream(seed)

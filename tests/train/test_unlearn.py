@@ -198,6 +198,18 @@ def test_bad_data_and_models():
         unlearn(model, x, **kw)
     with pytest.raises(ValueError, match="same length"):
         unlearn(model, (x, y[:3]), **kw)
+    before = C.weights_sha256(model)
+    late_bad_label = y.clone()
+    late_bad_label[-1] = 10  # the MLP has 10 outputs; only the last sample is wrong
+    for inplace in (False, True):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\).*found 10"):
+            unlearn(model, (x, late_bad_label), inplace=inplace, **kw)
+        with pytest.raises(ValueError, match=r"cannot run on these inputs of shape \(5,\)"):
+            unlearn(model, (torch.rand(len(y), 5), y), inplace=inplace, **kw)
+        assert C.weights_sha256(model) == before
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        train(model, (x, late_bad_label), epochs=1, lr=0.1, progress=False)
+    assert C.weights_sha256(model) == before
 
 
 def test_input_model_untouched_unless_inplace():
