@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .certificates import RunCertificate, build_run_certificate, weights_sha256
 from .models import check_unlearnable
-from .train import as_tensors, train
+from .train import as_tensors, check_model_fits_data, train
 from .unlearn import _param, check_finite_weights, clip_to_ball_, working_copy
 from ._flat import GradientSource
 
@@ -98,6 +98,8 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
     sigma = float(ct.noise_for(eps, delta, 0, C0, None, None, method="output_perturbation"))
     model, flat, sha_before = working_copy(model, inplace, device)
     try:
+        if finetune_epochs > 0:  # fine-tuning must be able to run before the noise goes in
+            check_model_fits_data(model, x, y)
         noise = NoiseStream(seed)
         clip_to_ball_(flat.flat, C0)
         s, o = noise.take(flat.numel)
@@ -162,6 +164,7 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
     zero_row = torch.zeros(1, flat.numel, dtype=flat.flat.dtype, device=flat.flat.device)
     denom = q * n
     try:
+        check_model_fits_data(model, x, y, loss_fn)
         model.train()
         for _ in tqdm(range(steps), desc="DP-SGD", disable=not progress, leave=False,
                       unit="step"):

@@ -101,3 +101,12 @@ def test_dpsgd_bad_input():
         B.dpsgd_train(model, (x, y), expected_batch_size=100, **kw)
     with pytest.raises(ValueError, match="group_size must be an integer >= 1"):
         B.dpsgd_train(model, (x, y), **dict(kw, group_size=0))
+    bad = y.clone()
+    bad[-1] = -1
+    before = C.weights_sha256(model)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\).*found -1"):
+        B.dpsgd_train(model, (x, bad), expected_batch_size=8, inplace=True, **kw)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        B.output_perturbation(model, (x, bad), eps=1.0, delta=1e-5, C0=1.0, finetune_epochs=1,
+                              finetune_lr=0.1, inplace=True, progress=False)
+    assert C.weights_sha256(model) == before
