@@ -321,7 +321,14 @@ def _bracketed_newton(f, lo: mpf, hi: mpf, start: mpf, tol: mpf, max_iter: int =
         low, high = min(negative_end, positive_end), max(negative_end, positive_end)
         step = -value / slope if slope != 0 and mp.isfinite(slope) else None
         if step is not None and abs(step) <= tol * (1 + abs(x)):
-            return x + step  # converged (the bracket may be far on one side)
+            # A negligible step means convergence only if f changes sign just past it: where
+            # f's terms cancel (|f| ~ 1e300 from two nearly equal logarithms) the slope is noise
+            # and the step is tiny far from the root. Otherwise keep bisecting.
+            probe = x + 2 * step + mp.sign(step) * tol * (1 + abs(x))
+            probe_value = f(probe)[0]
+            if probe_value == 0 or (probe_value < 0) != (value < 0):
+                return x + step  # converged (the bracket may be far on one side)
+            step = None
         candidate = x + step if step is not None else None
         if candidate is None or not low < candidate < high:
             candidate = (low + high) / 2
@@ -377,7 +384,7 @@ def _solve_log_r(eps: mpf, log_delta: mpf) -> mpf:
 
     with mp.workdps(20):
         z = mp.sqrt(-2 * log_delta)
-        guess = mp.sqrt(z * z + 2 * eps) - z
+        guess = 2 * eps / (mp.sqrt(z * z + 2 * eps) + z)  # sqrt(z^2 + 2 eps) - z, no cancellation
         guess = max(guess, mp.exp(log_delta) * 2)
     u = mp.log(guess)
     value = f(u)[0]

@@ -12,7 +12,7 @@ Oracles, all independent of the code under test:
 import math
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from mpmath import mp, mpf
 from scipy.stats import norm
@@ -335,6 +335,11 @@ def test_epsilon_round_trip_is_safe_and_tight(log_delta, log_r):
 @settings(max_examples=examples(25))
 @given(eps=st.floats(0, 100), log_delta=st.floats(-300, math.log10(0.5)),
        sensitivity=st.floats(1e-3, 1e3))
+# eps far below r*: the first guess sqrt(z^2 + 2 eps) - z cancelled to 0, and a Newton step made
+# tiny by a slope of noise (ln theta and ln phi both ~ -1e139) was taken for convergence, so sigma
+# came back 1e69 times too large (safe, but useless).
+@example(eps=3.5260312273651704e-105, log_delta=-286.0, sensitivity=1.0)
+@example(eps=3.5260312273651704e-105, log_delta=-287.0, sensitivity=1.0)
 def test_sigma_calibrate_then_evaluate(eps, log_delta, sensitivity):
     delta = 10.0 ** log_delta
     sigma = gaussian_sigma(eps, delta, sensitivity)
