@@ -107,10 +107,10 @@ PROBE
 # 3. Benchmarks: CUDA (with the copy bandwidth of the card), then a few CPU rows.
 if [ "$DRY" != 1 ]; then
   stage bench_cuda 150 "$PY" benchmarks/bench_step.py --device cuda --sizes "$bench_sizes" \
-    --repeats 20 --skip compile
+    --repeats 20 --skip compile,compile-full
 fi
 stage bench_cpu 90 "$PY" benchmarks/bench_step.py --device cpu --sizes "$cpu_sizes" --repeats 3 \
-  --skip compile,reference
+  --skip compile,compile-full,reference
 
 set +x
 echo "gpu_check.sh: total ${SECONDS} s; logs in $OUT"
