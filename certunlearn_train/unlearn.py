@@ -31,6 +31,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from . import distributed
 from .certificates import RunCertificate, build_run_certificate, weights_sha256
 from .models import check_unlearnable
 from .train import as_tensors, check_model_fits_data, epoch_batches, train
@@ -118,6 +119,7 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
     batches = epoch_batches(len(y), batch_size, generator)
     source = GradientSource(model, flat, clip, C1, loss_fn, batch_size, grad_buffer_bytes,
                             linear_fast_path)
+    source = distributed.gradient_source(source, flat)  # data parallel inside a process group
     model.train()
     source.probe(x, y)
     for _ in tqdm(range(steps), desc="noisy steps", disable=not progress, leave=False,
@@ -173,7 +175,7 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             an unsupported model, non-finite weights or an empty retain set, before any work.
     """
     import certunlearn_theory as ct
-    from .ops import NoiseStream, gaussian_noise
+    from .ops import gaussian_noise
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -224,10 +226,11 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
         check_model_fits_data(model, x, y, loss_fn)  # on `device`, before touching the weights
         if clip == "per_sample":  # refuse a non-vmap-able forward before touching the weights
             GradientSource(model, flat, clip, C1, loss_fn, 2, grad_buffer_bytes).probe(x, y)
-        noise = NoiseStream(seed)
+        distributed.check_same_data(x, y)
+        noise = distributed.noise_stream(seed)  # same key on every rank (rank 0's secret)
         gen = torch.Generator()
         gen.manual_seed(batch_generator_seed(seed) if seed is not None
-                        else secrets.randbits(63))
+                        else distributed.from_rank0(secrets.randbits(63)))
         clip_to_ball_(flat.flat, C0)
         if method == "model_clipping" and sigma0 > 0:
             s, o = noise.take(flat.numel)
@@ -246,7 +249,9 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
               seed=None if seed is None else seed + 1, progress=progress, desc="fine-tune")
     params = dict(steps=T, C0=C0, C1=acct_c1, lr=lr, lam=lam, C2=C2, sigma0=sigma0,
                   batch_size=batch_size, clip=clip, finetune_epochs=finetune_epochs,
-                  finetune_lr=finetune_lr if finetune_epochs > 0 else None)
+                  finetune_lr=finetune_lr if finetune_epochs > 0 else None,
+                  world_size=distributed.world_size())
+    distributed.check_replicas(model, "the unlearned weights")
     cert = build_run_certificate(
         method=method, sigma=sigma, eps=eps, delta=delta, parameters=params,
         retain_size=n, forget_size=forget_size, sha_before=sha_before,
