@@ -22,6 +22,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from . import distributed
 from .certificates import RunCertificate, build_run_certificate, weights_sha256
 from .models import check_unlearnable
 from .train import as_tensors, check_model_fits_data, train
@@ -29,6 +30,12 @@ from .unlearn import _param, check_finite_weights, clip_to_ball_, working_copy
 from ._flat import GradientSource
 
 __all__ = ["retrain", "output_perturbation", "dpsgd_train", "reinitialize_", "poisson_batch"]
+
+
+def _checked(model: nn.Module) -> str:
+    """SHA-256 of the final weights, after checking that every rank holds the same ones."""
+    distributed.check_replicas(model, "the final weights")
+    return weights_sha256(model)
 
 
 def poisson_batch(n: int, q: float, generator: torch.Generator) -> torch.Tensor:
@@ -64,14 +71,15 @@ def retrain(model: nn.Module, retain_data, *, epochs: float, lr: float, batch_si
     fresh = reinitialize_(copy.deepcopy(model), seed)
     if device is not None:
         fresh.to(device)
+    distributed.broadcast_parameters(fresh)  # one initialisation for every rank
     train(fresh, (x, y), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
           progress=progress, desc="retrain")
     cert = build_run_certificate(
         method="retrain", sigma=None, eps=0.0, delta=0.0,
         parameters=dict(steps=None, epochs=float(epochs), lr=float(lr),
-                        batch_size=int(batch_size)),
+                        batch_size=int(batch_size), world_size=distributed.world_size()),
         retain_size=len(y), forget_size=forget_size, sha_before=sha_before,
-        sha_after=weights_sha256(fresh), seed_user_supplied=seed is not None)
+        sha_after=_checked(fresh), seed_user_supplied=seed is not None)
     return fresh, cert
 
 
@@ -86,7 +94,7 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
     (``certunlearn_theory.noise_for(..., method="output_perturbation")``, sigma rounded up).
     """
     import certunlearn_theory as ct
-    from .ops import NoiseStream, gaussian_noise
+    from .ops import gaussian_noise
     C0 = _param("C0", C0, low=0.0)
     check_unlearnable(model)
     x, y = as_tensors(retain_data, device)
@@ -100,7 +108,7 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
     try:
         if finetune_epochs > 0:  # fine-tuning must be able to run before the noise goes in
             check_model_fits_data(model, x, y)
-        noise = NoiseStream(seed)
+        noise = distributed.noise_stream(seed)
         clip_to_ball_(flat.flat, C0)
         s, o = noise.take(flat.numel)
         flat.flat.add_(gaussian_noise(flat.numel, s, o, device=flat.flat.device), alpha=sigma)
@@ -113,9 +121,9 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
         method="output_perturbation", sigma=sigma, eps=eps, delta=delta,
         parameters=dict(steps=0, C0=C0, C1=None, lr=None, lam=0.0, C2=None, sigma0=0.0,
                         batch_size=int(batch_size), finetune_epochs=float(finetune_epochs),
-                        finetune_lr=finetune_lr),
+                        finetune_lr=finetune_lr, world_size=distributed.world_size()),
         retain_size=len(y), forget_size=forget_size, sha_before=sha_before,
-        sha_after=weights_sha256(model), seed_user_supplied=noise.seed_is_user_supplied)
+        sha_after=_checked(model), seed_user_supplied=noise.seed_is_user_supplied)
     return model, cert
 
 
@@ -138,7 +146,7 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
     """
     import certunlearn_theory as ct
     from tqdm.auto import tqdm
-    from .ops import NoiseStream, noisy_step_
+    from .ops import noisy_step_
     clip = _param("clip", clip, low=0.0)
     lr = _param("lr", lr, low=0.0)
     group_size = _param("group_size", group_size, low=1, low_open=False, integer=True)
@@ -156,11 +164,12 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
     steps = max(1, math.ceil(_param("epochs", epochs, low=0.0) / q))
     z = float(ct.dpsgd_noise_multiplier(eps, delta, q, steps, group_size=group_size))
     model, flat, sha_before = working_copy(model, inplace, device)
-    noise = NoiseStream(seed)
+    noise = distributed.noise_stream(seed)
     gen = torch.Generator()
-    gen.manual_seed(seed if seed is not None else secrets.randbits(63))
-    source = GradientSource(model, flat, "per_sample", clip, loss_fn,
-                            int(expected_batch_size * 1.5) + 8, grad_buffer_bytes)
+    gen.manual_seed(seed if seed is not None else distributed.from_rank0(secrets.randbits(63)))
+    source = distributed.gradient_source(GradientSource(
+        model, flat, "per_sample", clip, loss_fn, int(expected_batch_size * 1.5) + 8,
+        grad_buffer_bytes), flat)
     zero_row = torch.zeros(1, flat.numel, dtype=flat.flat.dtype, device=flat.flat.device)
     denom = q * n
     try:
@@ -183,7 +192,7 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
         method="dpsgd", sigma=z, eps=eps, delta=delta,
         parameters=dict(steps=steps, noise_multiplier=z, sampling_rate=q, group_size=group_size,
                         clip=clip, lr=lr, expected_batch_size=expected_batch_size,
-                        train_size=n),
+                        train_size=n, world_size=distributed.world_size()),
         retain_size=n - group_size, forget_size=group_size, sha_before=sha_before,
-        sha_after=weights_sha256(model), seed_user_supplied=noise.seed_is_user_supplied)
+        sha_after=_checked(model), seed_user_supplied=noise.seed_is_user_supplied)
     return model, cert
