@@ -7,6 +7,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from . import distributed
+
 __all__ = ["train", "as_tensors", "epoch_batches"]
 
 
@@ -90,13 +92,16 @@ def train(model: nn.Module, data, *, epochs: float, lr: float, batch_size: int =
     if steps == 0:
         return model
     gen = torch.Generator()
-    gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+    gen.manual_seed(int(seed) if seed is not None else distributed.from_rank0(int(torch.seed())))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
     batches = epoch_batches(n, batch_size, gen)
     for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False, unit="step"):
         idx = next(batches).to(device)
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        if distributed.active():  # each rank its slice; gradients averaged over the global batch
+            distributed.backward_global_mean(model, F.cross_entropy, x, y, idx)
+        else:
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
     return model
