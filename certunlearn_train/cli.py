@@ -83,6 +83,7 @@ def _load_model(path):
 
 def _unlearn(args) -> int:
     import os
+    from . import distributed
     from .config import load_config
     cfg = load_config(args.config)
     _set_threads(cfg["threads"])
@@ -96,8 +97,9 @@ def _unlearn(args) -> int:
     retain_set, forget_set = _forget_split(train_set, cfg["forget_fraction"],
                                            cfg["forget_classes"], cfg["forget_seed"])
     retain = retain_set.tensors()
-    progress = not args.no_progress
-    common = dict(forget_size=len(forget_set), seed=cfg["seed"], progress=progress)
+    progress = not args.no_progress and distributed.is_writer()
+    common = dict(forget_size=len(forget_set), seed=cfg["seed"], progress=progress,
+                  device=distributed.device())
     method = cfg["method"]
     if method == "retrain":
         out_model, cert = retrain(model, retain, epochs=cfg["retrain_epochs"], lr=cfg["lr"],
@@ -115,6 +117,8 @@ def _unlearn(args) -> int:
             lam=cfg["lam"], C2=cfg["C2"], sigma0=cfg["sigma0"], batch_size=cfg["batch_size"],
             clip=cfg["clip"], finetune_epochs=cfg["finetune_epochs"],
             finetune_lr=cfg["finetune_lr"], **common)
+    if not distributed.is_writer():  # data parallel: rank 0 writes the files and reports
+        return 0
     os.makedirs(cfg["out"], exist_ok=True)
     model_path = os.path.join(cfg["out"], "model.pt")
     cert_path = os.path.join(cfg["out"], "certificate.json")
@@ -130,6 +134,16 @@ def _unlearn(args) -> int:
           f"{r['forget_acc']:.3f}, MIA AUC {r['mia_auc']:.3f}")
     print(f"wrote {cert_path} and {model_path}")
     return 0
+
+
+def _unlearn_in_process_group(args) -> int:
+    """Under torchrun (WORLD_SIZE > 1) run ``_unlearn`` data parallel in a process group."""
+    from . import distributed
+    started = distributed.init_from_env(args.dist_timeout)
+    try:
+        return _unlearn(args)
+    finally:
+        distributed.shutdown(started)
 
 
 def _evaluate(args) -> int:
@@ -215,7 +229,10 @@ def _register_training(subparsers) -> None:
     p = subparsers.add_parser("unlearn", help="unlearn a forget set as a config file describes")
     p.add_argument("--config", required=True, help="YAML or JSON file (see docs/training.md)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=_unlearn)
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before the run "
+                        "fails (default $CERTUNLEARN_DIST_TIMEOUT or 300)")
+    p.set_defaults(handler=_unlearn_in_process_group)
 
     p = subparsers.add_parser("evaluate", help="accuracy and membership-inference AUC of a model")
     p.add_argument("model", help="model file written by train, unlearn or demo")
