@@ -182,8 +182,17 @@ def _worker_compare(rank, world, store, out_dir):
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dist")
-    codes = _spawn(_worker_compare, tmp)
+    """The two ranks' results, computed once per test session even under pytest-xdist (the
+    workers share the session's base folder; the first one to take the lock spawns the ranks)."""
+    import fcntl
+    base = tmp_path_factory.getbasetemp()  # under xdist: <session folder>/popen-gwN
+    tmp = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "dist-compare"
+    tmp.mkdir(exist_ok=True)
+    with open(tmp / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (tmp / "codes.json").exists():
+            (tmp / "codes.json").write_text(json.dumps(_spawn(_worker_compare, tmp)))
+    codes = json.loads((tmp / "codes.json").read_text())
     assert codes == [0, 0], f"ranks exited with {codes}"
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
