@@ -86,6 +86,7 @@ def train(model: nn.Module, data, *, epochs: float, lr: float, batch_size: int =
     if n == 0:
         raise ValueError("cannot train on an empty data set")
     check_model_fits_data(model, x, y)
+    distributed.check_same_data(x, y)
     if not epochs >= 0:
         raise ValueError(f"epochs must be >= 0, got {epochs!r}")
     steps = int(-(-epochs * n // batch_size))
