@@ -174,6 +174,7 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
     denom = q * n
     try:
         check_model_fits_data(model, x, y, loss_fn)
+        distributed.check_same_data(x, y)
         model.train()
         for _ in tqdm(range(steps), desc="DP-SGD", disable=not progress, leave=False,
                       unit="step"):
