@@ -115,7 +115,10 @@ def set_check_every(steps: Optional[int]) -> None:
 
 
 def check_every() -> int:
-    """Steps between two replica checks: :func:`set_check_every`, else ``$CERTUNLEARN_DIST_CHECK_EVERY``, else 50."""
+    """Steps between two replica checks.
+
+    :func:`set_check_every`'s value, else ``$CERTUNLEARN_DIST_CHECK_EVERY``, else 50.
+    """
     if _check_every is not None:
         return _check_every
     raw = os.environ.get(CHECK_EVERY_ENV)

@@ -301,10 +301,14 @@ def _worker_diverge(rank, world, store, out_dir):
         distributed.check_replicas(t, "the test tensor")
 
     _report(out_dir, f"_direct{rank}", direct)
+    _report(out_dir, f"_data{rank}", lambda: unlearn(_mlp(), _data(seed=rank), steps=2, seed=1,
+                                                     **GC))
+    _report(out_dir, f"_train{rank}", lambda: retrain(_mlp(), _data(n=24 + rank), epochs=1.0,
+                                                      lr=0.1, seed=1, progress=False))
     dist.destroy_process_group()
 
 
-def test_replica_check_fires_when_one_rank_is_perturbed(tmp_path):
+def test_replica_check_fires_when_one_rank_is_perturbed_or_given_other_data(tmp_path):
     assert _spawn(_worker_diverge, tmp_path) == [0, 0]
     for rank in (0, 1):
         kind, msg = torch.load(tmp_path / f"result_run{rank}.pt", weights_only=False)
@@ -312,6 +316,10 @@ def test_replica_check_fires_when_one_rank_is_perturbed(tmp_path):
         assert "before noisy step 5" in msg
         kind, msg = torch.load(tmp_path / f"result_direct{rank}.pt", weights_only=False)
         assert kind == "ReplicaDivergenceError" and "the test tensor differ" in msg, msg
+        for name in ("data", "train"):  # ranks given different data sets
+            kind, msg = torch.load(tmp_path / f"result_{name}{rank}.pt", weights_only=False)
+            assert kind == "ReplicaDivergenceError", msg
+            assert "the data sets given to the ranks differ" in msg
 
 
 DIE_TIMEOUT_S = 3.0
