@@ -147,13 +147,15 @@ def report(results, batch):
     print(f"global batch {batch}; times are medians, the slowest rank's")
     print(f"{'model':5} {'clip':10} {'d':>7} {'ranks':>5} {'step ms':>8} {'steps/s':>8} "
           f"{'speed-up':>8} {'allreduce':>9} {'check ms':>8}")
-    base = {}
+    base = {}  # one-rank times, when that row was measured
     for world, rows in results:
         for name, clip, d, step, red, check in rows:
-            base.setdefault((name, clip), step)
+            if world == 1:
+                base[(name, clip)] = step
+            speedup = f"{base[(name, clip)] / step:7.2f}x" if (name, clip) in base else \
+                f"{'-':>8}"
             print(f"{name:5} {clip:10} {d:7d} {world:5d} {1e3 * step:8.2f} {1 / step:8.1f} "
-                  f"{base[(name, clip)] / step:7.2f}x {100 * red / step:8.1f}% "
-                  f"{1e3 * check:8.3f}")
+                  f"{speedup} {100 * red / step:8.1f}% {1e3 * check:8.3f}")
 
 
 def main():

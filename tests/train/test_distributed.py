@@ -501,3 +501,17 @@ def test_cli_refuses_a_bad_timeout(tmp_path, capsys):
     assert main(["unlearn", "--config", str(tmp_path / "missing.json"),
                  "--dist-timeout", "-1"]) == 2
     assert "dist-timeout must be a number of seconds > 0, got -1.0" in capsys.readouterr().err
+
+
+def test_init_from_env_reports_a_rank_that_never_comes(monkeypatch):
+    import socket
+    import torch.distributed as dist
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in dict(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(distributed.DistributedError, match="cannot initialise the process group"):
+        distributed.init_from_env(1.0)
+    assert not dist.is_initialized()
