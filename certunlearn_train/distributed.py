@@ -32,15 +32,18 @@ section "Distributed", for why.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
+import threading
 from typing import Callable, Optional, Tuple
 
 import torch
 
 __all__ = [
-    "DistributedError", "ReplicaDivergenceError", "DistributedGradients", "active", "rank",
+    "DistributedError", "ReplicaDivergenceError", "DistributedGradients", "active", "local_only",
+    "rank",
     "world_size", "is_writer", "local_range", "from_rank0", "noise_stream", "gradient_source",
     "check_replicas", "checksum", "broadcast_parameters", "backward_global_mean",
     "set_check_every", "check_every", "init_from_env", "timeout_from", "DEFAULT_TIMEOUT_S",
@@ -71,10 +74,31 @@ class ReplicaDivergenceError(DistributedError):
 # Process group queries
 # ---------------------------------------------------------------------------------------------
 
+_local_only = threading.local()
+
+
 def active() -> bool:
-    """Whether a process group with more than one rank is initialised in this process."""
+    """Whether runs here are data parallel: a process group of more than one rank is initialised
+    (and :func:`local_only` is not in effect)."""
     import torch.distributed as dist
+    if getattr(_local_only, "depth", 0):
+        return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def local_only():
+    """Within this block (in this thread), runs ignore the process group: this rank runs alone.
+
+    For a script that already holds a process group (a DDP training job, say) and unlearns on one
+    rank only; without it, that rank would wait for the others at its first collective until the
+    timeout. The certificate then records ``world_size`` 1.
+    """
+    _local_only.depth = getattr(_local_only, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _local_only.depth -= 1
 
 
 def rank() -> int:
@@ -84,9 +108,11 @@ def rank() -> int:
 
 
 def world_size() -> int:
-    """Number of ranks (1 outside a process group)."""
+    """Number of ranks taking part in a run (1 outside a process group or under :func:`local_only`)."""
     import torch.distributed as dist
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if not active():
+        return 1
+    return dist.get_world_size()
 
 
 def is_writer() -> bool:

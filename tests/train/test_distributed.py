@@ -305,6 +305,18 @@ def _worker_diverge(rank, world, store, out_dir):
                                                      **GC))
     _report(out_dir, f"_train{rank}", lambda: retrain(_mlp(), _data(n=24 + rank), epochs=1.0,
                                                       lr=0.1, seed=1, progress=False))
+
+    def alone():  # rank 1 never calls: without local_only, rank 0 would wait for it
+        if rank == 0:
+            with distributed.local_only():
+                assert not distributed.active() and distributed.world_size() == 1
+                _, cert = unlearn(_mlp(), _data(), steps=3, batch_size=10, finetune_epochs=0.5,
+                                  finetune_lr=0.1, seed=1, **GC)
+                assert cert.parameters["world_size"] == 1
+            assert distributed.active() and distributed.world_size() == 2
+        dist.barrier()
+
+    _report(out_dir, f"_alone{rank}", alone)
     dist.destroy_process_group()
 
 
@@ -316,6 +328,8 @@ def test_replica_check_fires_when_one_rank_is_perturbed_or_given_other_data(tmp_
         assert "before noisy step 5" in msg
         kind, msg = torch.load(tmp_path / f"result_direct{rank}.pt", weights_only=False)
         assert kind == "ReplicaDivergenceError" and "the test tensor differ" in msg, msg
+        kind, msg = torch.load(tmp_path / f"result_alone{rank}.pt", weights_only=False)
+        assert kind == "ok", msg
         for name in ("data", "train"):  # ranks given different data sets
             kind, msg = torch.load(tmp_path / f"result_{name}{rank}.pt", weights_only=False)
             assert kind == "ReplicaDivergenceError", msg
