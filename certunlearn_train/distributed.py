@@ -43,11 +43,10 @@ import torch
 
 __all__ = [
     "DistributedError", "ReplicaDivergenceError", "DistributedGradients", "active", "local_only",
-    "rank",
-    "world_size", "is_writer", "local_range", "from_rank0", "noise_stream", "gradient_source",
-    "check_replicas", "checksum", "broadcast_parameters", "backward_global_mean",
-    "set_check_every", "check_every", "init_from_env", "timeout_from", "DEFAULT_TIMEOUT_S",
-    "TIMEOUT_ENV", "CHECK_EVERY_ENV",
+    "rank", "world_size", "is_writer", "local_range", "from_rank0", "noise_stream",
+    "gradient_source", "check_replicas", "check_same_data", "checksum", "broadcast_parameters",
+    "backward_global_mean", "set_check_every", "check_every", "init_from_env", "device",
+    "shutdown", "timeout_from", "DEFAULT_TIMEOUT_S", "TIMEOUT_ENV", "CHECK_EVERY_ENV",
 ]
 
 #: Seconds a collective may wait for the other ranks before every rank gives up.
