@@ -137,9 +137,11 @@ class LinearPerSampleClipping:
     (1/B) sum_i s_i g_i a_i^T = (s * g)^T a / B is one matrix product per layer, written straight
     into the flat gradient buffer; no (B, d) tensor is ever formed (the "ghost clipping" identity
     of Goodfellow 2015, "Efficient per-example gradient computations"). Exactly the same quantity
-    as the torch.func route, only cheaper. Used only with the cross-entropy loss; any model or
-    call pattern it does not cover (a layer called twice, inputs that are not 2-D) raises
-    ``NotCovered`` and the caller falls back to torch.func.
+    as the torch.func route, only cheaper. Used only with the cross-entropy loss and only when
+    each parameter belongs to one ``nn.Linear`` called once per forward: shared (tied) weights
+    are refused by :meth:`applies`; a layer called twice, inputs that are not 2-D, or a weight
+    also used outside its module's call (checked on the first batch against autograd's
+    parameter gradients) raise ``NotCovered`` and the caller falls back to torch.func.
     """
 
     class NotCovered(Exception):
@@ -147,16 +149,25 @@ class LinearPerSampleClipping:
 
     @staticmethod
     def applies(model: nn.Module, flat: FlatParameters, loss_fn: Callable) -> bool:
+        """Whether every parameter sits in exactly one ``nn.Linear`` registered once.
+
+        A parameter shared by two modules (tied weights) or a module registered under two names
+        is refused here: its per-sample gradient is the sum over its uses, which the per-layer
+        identity does not see. A layer called twice, or a weight used outside its module, is
+        caught on the first batch (``NotCovered``).
+        """
         import torch.nn.functional as F
         if loss_fn is not F.cross_entropy:
             return False
-        owned = set()
-        for m in model.modules():
-            direct = list(m.parameters(recurse=False))
-            if direct and type(m) is not nn.Linear:
-                return False
-            owned.update(id(p) for p in direct)
-        return len(owned) == len(flat.params) and all(id(p) in owned for p in flat.params)
+        seen = {}
+        for _, m in model.named_modules(remove_duplicate=False):
+            for _, p in m.named_parameters(recurse=False, remove_duplicate=False):
+                if type(m) is not nn.Linear:
+                    return False
+                seen[id(p)] = seen.get(id(p), 0) + 1
+        if any(c != 1 for c in seen.values()):
+            return False
+        return len(seen) == len(flat.params) and all(id(p) in seen for p in flat.params)
 
     def __init__(self, model: nn.Module, flat: FlatParameters):
         self.model, self.flat = model, flat
@@ -166,6 +177,7 @@ class LinearPerSampleClipping:
                       for m in self.layers]
         self._inputs, self._outputs = {}, {}
         self._calls = {}
+        self._checked = False
 
     def _hook(self, module, inputs, output):
         key = id(module)
@@ -189,7 +201,28 @@ class LinearPerSampleClipping:
                 self._inputs[k].dim() != 2 or self._inputs[k].shape[0] != b for k in keys):
             raise self.NotCovered()
         outs = [self._outputs[k] for k in keys]
-        grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), outs)
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        if not self._checked:
+            # once: the per-layer sums g^T a must be the parameters' whole gradient; a weight
+            # also used outside its module's call (functionally, or by another module) is not
+            params = [p for m in self.layers for p in (m.weight, m.bias) if p is not None]
+            both = torch.autograd.grad(loss, outs + params, retain_graph=False,
+                                       allow_unused=True)
+            grads = both[:len(outs)]
+            whole = iter(both[len(outs):])
+            for m, k, g in zip(self.layers, keys, grads):
+                parts = [(g.t() @ self._inputs[k], next(whole))]
+                if m.bias is not None:
+                    parts.append((g.sum(0), next(whole)))
+                for mine, true in parts:
+                    true = torch.zeros_like(mine) if true is None else true
+                    tol = 1e-4 * float(true.double().norm()) + 1e-30
+                    if float((mine.double() - true.double()).norm()) > tol:
+                        self._inputs.clear(); self._outputs.clear()
+                        raise self.NotCovered()
+            self._checked = True
+        else:
+            grads = torch.autograd.grad(loss, outs)
         sq = torch.zeros(b, dtype=torch.float64, device=out.device)
         for m, k, g in zip(self.layers, keys, grads):
             a = self._inputs[k]
