@@ -55,6 +55,7 @@ def reinitialize_(model: nn.Module, seed: Optional[int] = None) -> nn.Module:
 
 def retrain(model: nn.Module, retain_data, *, epochs: float, lr: float, batch_size: int = 64,
             forget_size: Optional[int] = None, seed: Optional[int] = None, device=None,
+            epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
             progress: bool = True) -> Tuple[nn.Module, RunCertificate]:
     """Exact unlearning: a fresh copy of ``model``'s architecture trained on the retain set only."""
     x, y = as_tensors(retain_data)
@@ -65,7 +66,7 @@ def retrain(model: nn.Module, retain_data, *, epochs: float, lr: float, batch_si
     if device is not None:
         fresh.to(device)
     train(fresh, (x, y), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-          progress=progress, desc="retrain")
+          epoch_callback=epoch_callback, progress=progress, desc="retrain")
     cert = build_run_certificate(
         method="retrain", sigma=None, eps=0.0, delta=0.0,
         parameters=dict(steps=None, epochs=float(epochs), lr=float(lr),
@@ -77,7 +78,9 @@ def retrain(model: nn.Module, retain_data, *, epochs: float, lr: float, batch_si
 
 def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: float, C0: float,
                         finetune_epochs: float = 0.0, finetune_lr: Optional[float] = None,
-                        batch_size: int = 64, forget_size: Optional[int] = None,
+                        batch_size: int = 64, finetune_batch_size: Optional[int] = None,
+                        forget_size: Optional[int] = None,
+                        epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
                         seed: Optional[int] = None, device=None, inplace: bool = False,
                         progress: bool = True) -> Tuple[nn.Module, RunCertificate]:
     """Clip to C0, add N(0, sigma^2 I) with sigma = 2 C0 / r*, then optional fine-tuning.
@@ -107,8 +110,10 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
     finally:
         flat.release()
     if finetune_epochs > 0:
-        train(model, (x, y), epochs=finetune_epochs, lr=finetune_lr, batch_size=batch_size,
-              seed=None if seed is None else seed + 1, progress=progress, desc="fine-tune")
+        train(model, (x, y), epochs=finetune_epochs, lr=finetune_lr,
+              batch_size=batch_size if finetune_batch_size is None else finetune_batch_size,
+              seed=None if seed is None else seed + 1, epoch_callback=epoch_callback,
+              progress=progress, desc="fine-tune")
     cert = build_run_certificate(
         method="output_perturbation", sigma=sigma, eps=eps, delta=delta,
         parameters=dict(steps=0, C0=C0, C1=None, lr=None, lam=0.0, C2=None, sigma0=0.0,
@@ -122,6 +127,7 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
 def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group_size: int,
                 epochs: float, lr: float, clip: float, expected_batch_size: int = 64,
                 loss_fn: Callable = F.cross_entropy, seed: Optional[int] = None, device=None,
+                epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
                 inplace: bool = False, progress: bool = True,
                 grad_buffer_bytes: int = 64 << 20) -> Tuple[nn.Module, RunCertificate]:
     """Train ``model`` from its current weights with DP-SGD, (eps, delta)-private for groups of k.
@@ -163,10 +169,12 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
                             int(expected_batch_size * 1.5) + 8, grad_buffer_bytes)
     zero_row = torch.zeros(1, flat.numel, dtype=flat.flat.dtype, device=flat.flat.device)
     denom = q * n
+    per_pass = max(1, round(1 / q))
+    cuda = [flat.flat.device] if flat.flat.device.type == "cuda" else []
     try:
         check_model_fits_data(model, x, y, loss_fn)
         model.train()
-        for _ in tqdm(range(steps), desc="DP-SGD", disable=not progress, leave=False,
+        for t in tqdm(range(steps), desc="DP-SGD", disable=not progress, leave=False,
                       unit="step"):
             idx = poisson_batch(n, q, gen).to(x.device)
             s, o = noise.take(flat.numel)
@@ -177,6 +185,10 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
             lr_eff = lr * b / denom
             noisy_step_(flat.flat, grads, lr=lr_eff, clip=clip, noise_std=lr * z * clip / denom,
                         seed=s, offset=o)
+            if epoch_callback is not None and (t + 1) % per_pass == 0:
+                with torch.random.fork_rng(devices=cuda):
+                    epoch_callback((t + 1) // per_pass - 1, model)
+                model.train()
     finally:
         flat.release()
     cert = build_run_certificate(

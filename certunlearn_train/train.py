@@ -1,13 +1,14 @@
 """Plain (noise-free) training, used for the original model, retraining and fine-tuning."""
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["train", "as_tensors", "epoch_batches"]
+__all__ = ["train", "as_tensors", "epoch_batches", "steps_for_epochs"]
 
 
 def as_tensors(data, device=None):
@@ -45,16 +46,29 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator):
             yield perm[i:i + batch_size]
 
 
+def steps_for_epochs(epochs: float, n: int, batch_size: int) -> int:
+    """Steps of ``epochs`` passes over ``n`` points in batches of ``batch_size``.
+
+    Whole passes are ``ceil(n / batch_size)`` steps each (the last batch of a pass is smaller);
+    a fractional part f runs the first ``ceil(f * ceil(n / batch_size))`` batches of one more pass.
+    """
+    per_pass = -(-int(n) // int(batch_size))
+    whole = math.floor(epochs)
+    return int(whole * per_pass + math.ceil((epochs - whole) * per_pass - 1e-9))
+
+
 def check_model_fits_data(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                           loss_fn=F.cross_entropy) -> None:
     """Refuse, with a ValueError, data the model or the loss cannot take, before any work.
 
-    Runs the model on two samples without gradients (parameters are not touched) and, for the
+    Runs the model on two samples without gradients (parameters and the global RNG are not
+    touched) and, for the
     cross-entropy loss, checks every label against the number of outputs, so that a wrong input
     shape or an out-of-range label is one clear error instead of a failure deep in a training loop.
     """
-    try:
-        with torch.no_grad():
+    try:  # the global RNG is left as it was (dropout in train mode draws from it)
+        with torch.no_grad(), torch.random.fork_rng(
+                devices=[x.device] if x.device.type == "cuda" else []):
             out = model(x[:2])
             loss = loss_fn(out, y[:2])
     except Exception as exc:  # any failure of user code on user data, reported with its cause
@@ -72,10 +86,16 @@ def check_model_fits_data(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def train(model: nn.Module, data, *, epochs: float, lr: float, batch_size: int = 128,
           momentum: float = 0.9, weight_decay: float = 0.0, seed: Optional[int] = None,
+          epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
           progress: bool = True, desc: str = "train") -> nn.Module:
     """Train ``model`` in place with mini-batch SGD (cross-entropy) and return it.
 
-    ``epochs`` may be fractional: the run takes ``ceil(epochs * n / batch_size)`` steps.
+    ``epochs`` counts passes over the data, each ``ceil(n / batch_size)`` steps on a fresh random
+    permutation (the last batch of a pass is smaller); a fractional part runs that fraction of
+    one more pass (:func:`steps_for_epochs`). The optimizer is created once for the whole run.
+    ``epoch_callback(epoch_index, model)`` is called after every whole pass (indices
+    0 .. floor(epochs) - 1); the global RNG and train mode are restored after it, so a run with
+    a callback that only evaluates ends with the same weights as one without.
     """
     from tqdm.auto import tqdm
     device = next(model.parameters()).device
@@ -86,17 +106,23 @@ def train(model: nn.Module, data, *, epochs: float, lr: float, batch_size: int =
     check_model_fits_data(model, x, y)
     if not epochs >= 0:
         raise ValueError(f"epochs must be >= 0, got {epochs!r}")
-    steps = int(-(-epochs * n // batch_size))
+    steps = steps_for_epochs(epochs, n, batch_size)
+    per_pass = -(-n // batch_size)
     if steps == 0:
         return model
     gen = torch.Generator()
     gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    cuda = [device] if device.type == "cuda" else []
     model.train()
     batches = epoch_batches(n, batch_size, gen)
-    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False, unit="step"):
+    for t in tqdm(range(steps), desc=desc, disable=not progress, leave=False, unit="step"):
         idx = next(batches).to(device)
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
+        if epoch_callback is not None and (t + 1) % per_pass == 0:
+            with torch.random.fork_rng(devices=cuda):
+                epoch_callback((t + 1) // per_pass - 1, model)
+            model.train()
     return model

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .certificates import RunCertificate, build_run_certificate, weights_sha256
 from .models import check_unlearnable
-from .train import as_tensors, check_model_fits_data, epoch_batches, train
+from .train import as_tensors, check_model_fits_data, epoch_batches, steps_for_epochs, train
 from ._flat import FlatParameters, GradientSource
 
 __all__ = ["unlearn", "noisy_phase", "clip_to_ball_", "METHODS", "CLIP_MODES",
@@ -136,11 +136,13 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             epochs: Optional[float] = None, C0: float, C1: float = math.inf, lr: float,
             lam: float = 0.0, C2: Optional[float] = None, sigma0: float = 0.0,
             batch_size: int = 64, clip: str = "batch", finetune_epochs: float = 0.0,
-            finetune_lr: Optional[float] = None, forget_size: Optional[int] = None,
+            finetune_lr: Optional[float] = None, finetune_batch_size: Optional[int] = None,
+            forget_size: Optional[int] = None,
             loss_fn: Callable = F.cross_entropy, seed: Optional[int] = None, device=None,
             inplace: bool = False, progress: bool = True,
             grad_buffer_bytes: int = 64 << 20,
             after_noisy_phase: Optional[Callable[[nn.Module], None]] = None,
+            epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
             ) -> Tuple[nn.Module, RunCertificate]:
     """Unlearn the forget set from ``model`` by noisy fine-tuning on ``retain_data``.
 
@@ -150,19 +152,25 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
         eps, delta: the target (eps, delta)-unlearning guarantee.
         method: ``"gradient_clipping"`` (needs a finite ``C1``) or ``"model_clipping"`` (needs
             ``C2``; ``C1`` optional, ``sigma0`` optional initial noise).
-        steps, epochs: the number T of noisy steps, directly or in passes over the retain set.
+        steps, epochs: the number T of noisy steps, directly or in passes over the retain set
+            (each pass ``ceil(n / batch_size)`` steps; a fractional part runs that fraction of
+            one more pass).
             For gradient clipping with ``lam == 0`` the default is T = ceil(C0 / (lr C1)), where the
             bound is tightest (THEORY.md section 5).
         C0: radius the model is clipped to first. C1: gradient clipping radius. C2: model clipping
             radius. lr: step size gamma. lam: weight decay lambda.
         batch_size: retain samples per noisy step. clip: ``"batch"`` or ``"per_sample"``.
-        finetune_epochs, finetune_lr: noise-free fine-tuning afterwards (SGD, momentum 0.9).
+        finetune_epochs, finetune_lr, finetune_batch_size: noise-free fine-tuning afterwards
+            (SGD, momentum 0.9, one optimizer for the whole run; the batch size defaults to
+            ``batch_size``).
         forget_size: number of forgotten points, recorded in the certificate.
         seed: makes the noise and batches reproducible (tests, audits). Leave None in production:
             anyone who knows the seed can subtract the noise. The seed is never written out.
         inplace: modify ``model`` itself; by default a copy is unlearned and ``model`` is untouched.
         after_noisy_phase: called with the model after the noisy phase, before fine-tuning (to
             evaluate it; it must not modify the model).
+        epoch_callback: called as ``epoch_callback(epoch_index, model)`` after every whole pass
+            of the fine-tuning (see :func:`certunlearn_train.train.train`).
 
     Returns:
         ``(unlearned_model, certificate)``; the certificate's (eps, delta) is the accountant's,
@@ -192,6 +200,8 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
         raise ValueError("C2 and sigma0 belong to model_clipping; gradient_clipping got "
                          f"C2={C2!r}, sigma0={sigma0!r}")
     batch_size = _param("batch_size", batch_size, low=1, low_open=False, integer=True)
+    finetune_batch_size = batch_size if finetune_batch_size is None else _param(
+        "finetune_batch_size", finetune_batch_size, low=1, low_open=False, integer=True)
     finetune_epochs = _param("finetune_epochs", finetune_epochs, low=0.0, low_open=False)
     finetune_lr = lr if finetune_lr is None else _param("finetune_lr", finetune_lr, low=0.0)
     check_unlearnable(model)
@@ -208,7 +218,7 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
     if steps is not None:
         T = _param("steps", steps, low=1, low_open=False, integer=True)
     elif epochs is not None:
-        T = max(1, math.ceil(_param("epochs", epochs, low=0.0) * n / min(batch_size, n)))
+        T = max(1, steps_for_epochs(_param("epochs", epochs, low=0.0), n, min(batch_size, n)))
     elif method == "gradient_clipping" and lam == 0.0:
         T = max(1, math.ceil(C0 / (lr * C1)))
     else:
@@ -242,11 +252,14 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
     if after_noisy_phase is not None:
         after_noisy_phase(model)
     if finetune_epochs > 0:
-        train(model, (x, y), epochs=finetune_epochs, lr=finetune_lr, batch_size=batch_size,
-              seed=None if seed is None else seed + 1, progress=progress, desc="fine-tune")
+        train(model, (x, y), epochs=finetune_epochs, lr=finetune_lr,
+              batch_size=finetune_batch_size, seed=None if seed is None else seed + 1,
+              epoch_callback=epoch_callback, progress=progress, desc="fine-tune")
     params = dict(steps=T, C0=C0, C1=acct_c1, lr=lr, lam=lam, C2=C2, sigma0=sigma0,
                   batch_size=batch_size, clip=clip, finetune_epochs=finetune_epochs,
                   finetune_lr=finetune_lr if finetune_epochs > 0 else None)
+    if finetune_epochs > 0 and finetune_batch_size != batch_size:
+        params["finetune_batch_size"] = finetune_batch_size
     cert = build_run_certificate(
         method=method, sigma=sigma, eps=eps, delta=delta, parameters=params,
         retain_size=n, forget_size=forget_size, sha_before=sha_before,
