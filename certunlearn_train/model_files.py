@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import warnings
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 __all__ = ["ModelFileError", "save_model_file", "load_model_file", "model_arch", "model_from_arch",
@@ -110,7 +111,9 @@ def load_model_file(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     if not raw:
         raise ModelFileError(f"{path}: not a certunlearn model file (the file is empty)")
     try:
-        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols: one line only
+            warnings.simplefilter("ignore")
+            obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() \
             else type(exc).__name__
