@@ -53,15 +53,16 @@ class _Parser(argparse.ArgumentParser):
 # Argument types: each refuses with the constraint and the value
 # ---------------------------------------------------------------------------------------------
 
-def _int_type(low):
+def _int_type(low, high):
     def parse(text):
         try:
             value = int(text)
         except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") \
-                from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer >= {low}{'' if high is None else f' and <= {high}'}, got "
+                f"{text!r}")
         return value
     parse.__name__ = "integer"
     return parse
@@ -89,9 +90,16 @@ def _float_type(low=None, high=None, low_open=True, high_open=False):
     return parse
 
 
-_POS_INT = _int_type(1)
-_SEED = _int_type(0)
+#: Upper limits: a seed torch accepts (with room for seed + 1), a thread count and a layer width
+#: that cannot exhaust the machine, an epoch count that ends.
+MAX_SEED, MAX_THREADS, MAX_WIDTH, MAX_EPOCHS = (1 << 62) - 1, 256, 1 << 16, 1e6
+_POS_INT = _int_type(1, 1 << 40)
+_SEED = _int_type(0, MAX_SEED)
+_CLASS = _int_type(0, 1 << 20)
+_THREADS = _int_type(1, MAX_THREADS)
+_WIDTH = _int_type(1, MAX_WIDTH)
 _POS_FLOAT = _float_type(0.0)
+_EPOCHS = _float_type(0.0, MAX_EPOCHS)
 _FRACTION = _float_type(0.0, 1.0, high_open=True)
 
 
@@ -170,7 +178,7 @@ def _set_threads(n):
 
 
 def _threads_arg(p, default=None):
-    p.add_argument("--threads", type=_POS_INT, default=default,
+    p.add_argument("--threads", type=_THREADS, default=default,
                    help="torch intra-op threads (tiny models run fastest on 1)"
                         + ("" if default is None else f"; default {default}"))
 
@@ -432,8 +440,8 @@ def _register_training(subparsers) -> None:
     p.add_argument("--test-fraction", type=_FRACTION, default=0.2, help="digits only")
     p.add_argument("--split-seed", type=_SEED, default=0, help="digits only")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
-    p.add_argument("--hidden", type=_POS_INT, nargs="+", default=[64], help="MLP hidden widths")
-    p.add_argument("--epochs", type=_POS_FLOAT, default=40.0)
+    p.add_argument("--hidden", type=_WIDTH, nargs="+", default=[64], help="MLP hidden widths")
+    p.add_argument("--epochs", type=_EPOCHS, default=40.0)
     p.add_argument("--lr", type=_POS_FLOAT, default=0.05)
     p.add_argument("--batch-size", type=_POS_INT, default=64)
     p.add_argument("--seed", type=_SEED, default=None)
@@ -462,7 +470,7 @@ def _register_training(subparsers) -> None:
                    help="default: the data set recorded in the model file")
     p.add_argument("--data-root")
     p.add_argument("--forget-fraction", type=_FRACTION)
-    p.add_argument("--forget-classes", type=_SEED, nargs="+")
+    p.add_argument("--forget-classes", type=_CLASS, nargs="+")
     p.add_argument("--forget-seed", type=_SEED)
     _threads_arg(p)
     p.set_defaults(handler=_evaluate)
@@ -532,10 +540,11 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - mapped to one line and an exit code below
         from .certificates import CertificateError
+        from .data import DataFileError
         from .model_files import ModelFileError
         from .signing import SigningError
         if isinstance(exc, (FileProblem, ModelFileError, CertificateError, SigningError,
-                            OSError)):
+                            DataFileError, OSError)):
             code = EXIT_FAILED
         elif isinstance(exc, ValueError):
             code = EXIT_USAGE

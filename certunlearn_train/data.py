@@ -27,7 +27,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 __all__ = [
-    "ArrayDataset", "DataError", "load_digits", "load_mnist", "load_cifar10", "load_dataset",
+    "ArrayDataset", "DataError", "DataFileError", "load_digits", "load_mnist", "load_cifar10", "load_dataset",
     "read_idx", "train_test_split", "select_forget", "split_forget", "load_forget_indices",
     "safe_unpickle", "DATASETS",
 ]
@@ -37,6 +37,11 @@ DATASETS = ("digits", "mnist", "cifar10")
 
 class DataError(ValueError):
     """A data file is missing or malformed, or a forget request does not fit the data set."""
+
+
+class DataFileError(DataError):
+    """A data file or directory is missing, unreadable or not in the expected format (the
+    command line reports it with exit code 1, like any file it cannot use)."""
 
 
 @dataclass(frozen=True)
@@ -94,18 +99,18 @@ def read_idx(path: str) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
-            raise DataError(f"{path}: corrupt gzip data ({exc})") from None
+            raise DataFileError(f"{path}: corrupt gzip data ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
+        raise DataFileError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header")
+        raise DataFileError(f"{path}: truncated IDX header")
     dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     count = int(np.prod(dims)) if dims else 1
     if len(raw) - header != count * dtype.itemsize:
-        raise DataError(f"{path}: expected {count * dtype.itemsize} data bytes for shape {dims}, "
+        raise DataFileError(f"{path}: expected {count * dtype.itemsize} data bytes for shape {dims}, "
                         f"found {len(raw) - header}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
@@ -120,7 +125,7 @@ def _find(root: str, stem: str, what: str) -> str:
         path = os.path.join(root, candidate)
         if os.path.isfile(path):
             return path
-    raise DataError(f"{what}: missing file {os.path.join(root, stem)}[.gz] "
+    raise DataFileError(f"{what}: missing file {os.path.join(root, stem)}[.gz] "
                     f"(expected the standard file in directory {root!r})")
 
 
@@ -137,7 +142,7 @@ def load_mnist(root: str, split: str = "train") -> ArrayDataset:
     images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte", "MNIST"))
     labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte", "MNIST"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DataError(f"MNIST {split}: images of shape {images.shape} do not match labels of "
+        raise DataFileError(f"MNIST {split}: images of shape {images.shape} do not match labels of "
                         f"shape {labels.shape}")
     x = (images.astype(np.float32) / 255.0)[:, None, :, :]
     return ArrayDataset(np.ascontiguousarray(x), labels.astype(np.int64), 10, "mnist")
@@ -200,28 +205,28 @@ def load_cifar10(root: str, split: str = "train") -> ArrayDataset:
     for name in names:
         path = os.path.join(root, name)
         if not os.path.isfile(path):
-            raise DataError(f"CIFAR-10: missing file {path} (expected the standard python pickle "
+            raise DataFileError(f"CIFAR-10: missing file {path} (expected the standard python pickle "
                             f"batches in directory {root!r})")
         with open(path, "rb") as fh:
             raw = fh.read()
         try:
             batch = safe_unpickle(raw)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise DataError(f"{path}: not a CIFAR-10 pickle batch ({exc})") from None
+            raise DataFileError(f"{path}: not a CIFAR-10 pickle batch ({exc})") from None
         data = batch.get(b"data", batch.get("data")) if isinstance(batch, dict) else None
         labels = batch.get(b"labels", batch.get("labels")) if isinstance(batch, dict) else None
         if data is None or labels is None:
-            raise DataError(f"{path}: a CIFAR-10 batch needs the keys 'data' and 'labels'")
+            raise DataFileError(f"{path}: a CIFAR-10 batch needs the keys 'data' and 'labels'")
         if isinstance(data, np.ndarray) and data.dtype.kind not in "ui":
-            raise DataError(f"{path}: 'data' must hold integers, got dtype {data.dtype}")
+            raise DataFileError(f"{path}: 'data' must hold integers, got dtype {data.dtype}")
         try:
             data = np.asarray(data, dtype=np.uint8)
             labels = np.asarray(labels, dtype=np.int64)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise DataError(f"{path}: 'data' and 'labels' must be integer arrays ({exc})") \
+            raise DataFileError(f"{path}: 'data' and 'labels' must be integer arrays ({exc})") \
                 from None
         if labels.ndim != 1 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-            raise DataError(f"{path}: 'data' must be (N, 3072) uint8 with N labels, got "
+            raise DataFileError(f"{path}: 'data' must be (N, 3072) uint8 with N labels, got "
                             f"{data.shape} and {len(labels)} labels")
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels)
@@ -255,7 +260,7 @@ def _split_prefix(split, table):
 
 def _check_dir(root, what):
     if not os.path.isdir(root):
-        raise DataError(f"{what}: data directory {root!r} does not exist")
+        raise DataFileError(f"{what}: data directory {root!r} does not exist")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,7 +352,7 @@ def load_forget_indices(path: str, n: int) -> np.ndarray:
     the first bad entry (with its line number for text files).
     """
     if not os.path.isfile(path):
-        raise DataError(f"forget indices file {path!r} does not exist")
+        raise DataFileError(f"forget indices file {path!r} does not exist")
     if path.endswith(".npy"):
         try:
             arr = np.load(path, allow_pickle=False)

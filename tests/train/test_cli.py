@@ -135,10 +135,15 @@ def test_demo_table_rounds_the_guarantee_up(monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["demo", "--threads", "0"], "argument --threads: must be an integer >= 1, got '0'"),
-    (["demo", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
+    (["demo", "--threads", "0"], "argument --threads: must be an integer >= 1 and <= 256, "
+                                 "got '0'"),
+    (["demo", "--threads", "100000"], "argument --threads: must be an integer >= 1 and <= 256"),
+    (["demo", "--seed", "-1"], "argument --seed: must be an integer >= 0 and <= "),
+    (["demo", "--seed", str(10 ** 30)], "argument --seed: must be an integer >= 0 and <= "),
     (["train", "--batch-size", "0", "--out", "m.pt"],
-     "argument --batch-size: must be an integer >= 1, got '0'"),
+     "argument --batch-size: must be an integer >= 1"),
+    (["train", "--hidden", "100000000", "--out", "m.pt"], "argument --hidden: must be an "
+                                                          "integer >= 1 and <= 65536"),
     (["train", "--epochs", "nan", "--out", "m.pt"], "argument --epochs: must be a finite number"),
     (["train", "--seed", "-1", "--out", "m.pt"], "argument --seed: must be an integer >= 0"),
     (["train"], "the following arguments are required: --out"),
@@ -345,3 +350,11 @@ def test_accountant_commands_do_not_import_torch():
             "build_parser().parse_args(['verify', 'a', 'b']); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(__file__))
+
+
+def test_missing_data_files_exit_1(tmp_path, capsys):
+    assert main(["train", "--data", "cifar10", "--data-root", str(tmp_path), "--out",
+                 str(tmp_path / "m.pt"), "--no-progress"]) == 1
+    assert "missing file" in _one_line_error(capsys, "certunlearn train: error: CIFAR-10:")
+    assert main(["train", "--data", "mnist", "--out", str(tmp_path / "m.pt")]) == 2
+    assert "needs a local directory" in _one_line_error(capsys, "certunlearn train: error:")
