@@ -98,7 +98,7 @@ def _format_bound(x: float, digits: int, rounding) -> str:
 
 
 def _plain_decimal(r: Decimal, digits: int) -> str:
-    if -5 <= r.adjusted() < digits:  # like %g: fixed point for moderate exponents
+    if -4 <= r.adjusted() < digits:  # like %g: fixed point for moderate exponents
         return format(r, "f")
     return format(r, "e")
 
@@ -294,7 +294,14 @@ def _normalise_params(method: str, params: Mapping[str, Any],
         else:
             raise CertificateError(f"parameter {key!r} = {value!r} does not apply to method "
                                    f"{method}")
-    return out
+    return _no_unused_finetune_lr(out)
+
+
+def _no_unused_finetune_lr(params: Dict[str, Any]) -> Dict[str, Any]:
+    """A fine-tuning step size is recorded only when fine-tuning ran (finetune_epochs > 0)."""
+    if params.get("finetune_epochs") == 0 and params.get("finetune_lr") is not None:
+        params = dict(params, finetune_lr=None)
+    return params
 
 
 # ----------------------------------------------------------------------------------------------
@@ -735,9 +742,9 @@ def _from_v1(data: Mapping[str, Any]) -> Dict[str, Any]:
             if key in acct_params and key not in renamed:
                 renamed[key] = acct_params[key]
         keep = set(_RUN_ONLY[method]) | set(_acct_keys(acct_params))
-        out["parameters"] = {k: v for k, v in renamed.items()
-                             if k in keep or not (v is None or (not isinstance(v, bool)
-                                                                and v == 0))}
+        out["parameters"] = _no_unused_finetune_lr(
+            {k: v for k, v in renamed.items()
+             if k in keep or not (v is None or (not isinstance(v, bool) and v == 0))})
     out.setdefault("public_parameters", None)
     out.setdefault("signature", None)
     return out

@@ -212,3 +212,46 @@ def test_certificate_json_round_trip_is_exact(runs):
     for cert, _ in runs.values():
         again = C.RunCertificate.from_json(cert.to_json())
         assert again == cert and json.loads(again.to_json()) == json.loads(cert.to_json())
+
+
+def test_build_accepts_the_callers_vocabulary():
+    """Callers (baselines) may say "dpsgd", "steps" and "lr"; a fine-tuning step size without
+    fine-tuning is not recorded (the CLI passes one for output perturbation either way)."""
+    common = dict(retain_size=10, forget_size=2, sha_before="a" * 64, sha_after="b" * 64,
+                  seed_user_supplied=False)
+    cert = C.build_run_certificate(
+        method="output_perturbation", sigma=5.0, eps=2.0, delta=1e-5,
+        parameters=dict(steps=0, C0=0.5, C1=None, lr=None, lam=0.0, C2=None, sigma0=0.0,
+                        batch_size=64, finetune_epochs=0.0, finetune_lr=0.05), **common)
+    assert cert.parameters == {"C0": 0.5, "batch_size": 64, "finetune_epochs": 0.0,
+                               "finetune_lr": None}
+    cert = C.build_run_certificate(
+        method="gradient_clipping", sigma=2.0, eps=2.0, delta=1e-5,
+        parameters=dict(steps=5, C0=0.5, C1=0.1, lr=0.1, lam=0.0, C2=None, sigma0=0.0,
+                        batch_size=8, clip="batch", finetune_epochs=0.0, finetune_lr=None),
+        **common)
+    assert cert.parameters["T"] == 5 and cert.parameters["gamma"] == 0.1
+    assert "steps" not in cert.parameters and "lr" not in cert.parameters
+    with pytest.raises(C.CertificateError, match="'momentum' = 0.9 does not apply"):
+        C.build_run_certificate(
+            method="gradient_clipping", sigma=2.0, eps=2.0, delta=1e-5,
+            parameters=dict(steps=5, C0=0.5, C1=0.1, lr=0.1, lam=0.0, sigma0=0.0, batch_size=8,
+                            clip="batch", finetune_epochs=0.0, finetune_lr=None, momentum=0.9),
+            **common)
+    with pytest.raises(C.CertificateError, match="method must be one of"):
+        C.build_run_certificate(method="magic", sigma=2.0, eps=2.0, delta=1e-5, parameters={},
+                                **common)
+
+
+def test_demo_certificate_rewritten_as_retrain_is_never_ok(runs):
+    """A certificate of a noisy run rewritten as an exact retrain: refused (its parameters are
+    not a retrain's); rewritten completely, it is at best NOT VERIFIABLE, never recomputed."""
+    cert, model = runs["gradient_clipping"]
+    data = dict(cert.to_dict(), method="retrain", eps=0.0, delta=0.0, accountant=None,
+                sigma=None)
+    with pytest.raises(C.CertificateError, match="does not belong to method retrain"):
+        C.RunCertificate.from_dict(data).verify(model)
+    data["parameters"] = {"epochs": 1.0, "gamma": 0.1, "batch_size": 8}
+    data["public_parameters"] = None
+    report = C.RunCertificate.from_dict(data).verify(model)
+    assert not report.guarantee_recomputed and "method" in report.not_checked_fields()
