@@ -81,6 +81,18 @@ def _accepted_certificates(paths):
     return accepted
 
 
+#: Commands that work (or fail late, deep in the work) before one token is changed.
+VALID = [
+    ("verify", "cert.json", "model.pt"),
+    ("verify", "--chain", "cert.json", "model.pt"),
+    ("train", "--out", "m.pt", "--epochs", "0.05", "--hidden", "4", "--no-progress"),
+    ("unlearn", "--config", "config.yaml", "--no-progress"),
+    ("unlearn", "--config", "config.json", "--no-progress"),
+    ("evaluate", "model.pt", "--forget-fraction", "0.1"),
+    ("demo", "--quick", "--no-progress", "--out", "d"),
+    ("keygen", "--out", "k"),
+]
+
 argvs = st.sampled_from(sorted(OPTIONS)).flatmap(lambda cmd: st.tuples(
     st.just(cmd),
     st.lists(st.one_of(st.sampled_from(OPTIONS[cmd]), st.sampled_from(VALUES),
@@ -103,14 +115,7 @@ def test_random_arguments_and_files(tmp_path, monkeypatch, tiny_demo):
     pristine = _snapshot(str(work))
     pristine_bytes = {p: open(p, "rb").read() for p in pristine if os.path.isfile(p)}
 
-    @settings(max_examples=examples(40), deadline=None, derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "thorough",
-              suppress_health_check=[HealthCheck.too_slow])
-    @given(argvs)
-    def run(case):
-        cmd, rest = case
-        argv = [cmd] + [a.replace("\x00", "") if cmd != "verify" else a for a in rest]
-        if cmd in ("train",) and "--epochs" not in argv:
-            argv += ["--epochs", "0.05"]
+    def check(argv):
         err, out = io.StringIO(), io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             code = main(argv)
@@ -133,7 +138,30 @@ def test_random_arguments_and_files(tmp_path, monkeypatch, tiny_demo):
                 with open(p, "wb") as fh:
                     fh.write(raw)
 
-    run()
+    @settings(max_examples=examples(40), suppress_health_check=[HealthCheck.too_slow])
+    @given(argvs)
+    def random_argv(case):
+        cmd, rest = case
+        argv = [cmd] + [a.replace("\x00", "") for a in rest]
+        if cmd == "train" and "--epochs" not in argv:
+            argv += ["--epochs", "0.05"]
+        check(argv)
+
+    @settings(max_examples=examples(25), suppress_health_check=[HealthCheck.too_slow])
+    @given(st.sampled_from(VALID), st.integers(0, 20), st.one_of(
+        st.sampled_from(VALUES + FILES), st.text(max_size=6)), st.booleans())
+    def mutated_valid_argv(base, where, token, insert):
+        argv = list(base)
+        i = 1 + where % len(argv[1:]) if len(argv) > 1 else 1
+        token = token.replace("\x00", "")
+        if insert or len(argv) == 1:
+            argv.insert(i, token)
+        else:
+            argv[i] = token
+        check(argv)
+
+    random_argv()
+    mutated_valid_argv()
 
 
 @pytest.mark.parametrize("argv", [
