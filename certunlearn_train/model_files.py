@@ -70,7 +70,7 @@ def import_factory(spec: str):
     mod_name, fn_name = spec.split(":")
     try:
         module = importlib.import_module(mod_name)
-    except Exception as exc:  # noqa: BLE001 - any failure of the user's module, reported
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of the user module
         raise ModelFileError(f"cannot import the model factory module {mod_name!r}: "
                              f"{type(exc).__name__}: {exc}") from None
     fn = getattr(module, fn_name, None)
@@ -144,7 +144,7 @@ def load_model(path: str, factory: Optional[str] = None):
         fn = import_factory(spec)
         try:
             model = fn()
-        except Exception as exc:  # noqa: BLE001 - the user's factory failed, reported
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user factory failed
             raise ModelFileError(f"model factory {spec!r} failed: {type(exc).__name__}: "
                                  f"{exc}") from None
         if not isinstance(model, nn.Module):

@@ -309,6 +309,10 @@ def build():
 
 def not_a_module():
     return 3
+
+
+def exits():
+    raise SystemExit(5)
 '''
 
 
@@ -339,6 +343,7 @@ def test_model_factory_with_a_plain_state_dict(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     for spec, message in (("my_arch_mod:not_a_module", "must return an nn.Module"),
                           ("my_arch_mod:nothing", "has no callable 'nothing'"),
+                          ("my_arch_mod:exits", "failed: SystemExit: 5"),
                           ("no_such_module_xyz:build", "cannot import"),
                           ("just-a-name", "must be 'package.module:function'")):
         assert main(["evaluate", str(tmp_path / "plain.pt"), "--model-factory", spec]) == 1
