@@ -117,7 +117,6 @@ def test_version_1_file_with_its_model():
     cert = C.RunCertificate.load(os.path.join(FIXTURES, "run_v1_gradient_clipping.json"))
     state, _ = C.load_model_file(os.path.join(FIXTURES, "run_v1_model.pt"))
     assert cert.verify(state).model_checked
-    state["net.0.weight"].view(-1)[0] += 1.0 if "net.0.weight" in state else 0.0
     first = next(iter(state))
     state[first].view(-1)[0] += 1.0
     with pytest.raises(C.CertificateError, match="model weights do not match"):
@@ -133,7 +132,7 @@ def test_version_1_edit_is_still_refused():
 
 def test_format_up_and_down():
     assert C._format_up(1.2345649, 6) == "1.23457" and C._format_down(1.2345649, 6) == "1.23456"
-    assert C._format_up(1e-5, 3) == "0.00001"  # reads back as the double 1e-5 itself
+    assert C._format_up(1e-5, 3) == "1e-5"  # reads back as the double 1e-5 itself
     assert C._format_up(0.1, 6) == "0.1" and C._format_up(2 / 3, 3) == "0.667"
     assert C._format_up(1 / 3, 3) == "0.334" and C._format_down(2 / 3, 3) == "0.666"
     assert C._format_up(9.9999996, 6) == "10"
