@@ -293,10 +293,13 @@ def _unlearn_work(cfg, model, arch, sign_key, progress) -> int:
         cert = cert.sign(sign_key)
     model_path = os.path.join(cfg["out"], "model.pt")
     cert_path = os.path.join(cfg["out"], "certificate.json")
-    arch = dict(arch)
-    if "factory" not in arch:
-        arch["data"] = dict(arch.get("data") or {}, forget_fraction=cfg["forget_fraction"],
-                            forget_classes=cfg["forget_classes"], forget_seed=cfg["forget_seed"])
+    data_info = {"name": cfg["data"], "root": cfg["data_root"],
+                 "test_fraction": cfg["test_fraction"], "split_seed": cfg["split_seed"]}
+    arch = dict(arch, data=dict(
+        arch.get("data") or {}, **data_info, forget_fraction=cfg["forget_fraction"],
+        forget_classes=cfg["forget_classes"], forget_seed=cfg["forget_seed"],
+        forget_indices_file=None if cfg["forget_indices_file"] is None
+        else os.path.abspath(cfg["forget_indices_file"])))
     save_model_file(model_path, out_model, arch)
     cert.save(cert_path)
     r = evaluate_model(out_model, retain=retain, forget=forget_set.tensors(),
@@ -318,16 +321,17 @@ def _evaluate(args) -> int:
     root = args.data_root or data.get("root")
     train_set, test_set = _load_data(name, root, data.get("test_fraction", 0.2),
                                      data.get("split_seed", 0))
-    fraction, classes = args.forget_fraction, args.forget_classes
+    fraction, classes, indices_file = args.forget_fraction, args.forget_classes, None
     if fraction is None and classes is None:
         fraction, classes = data.get("forget_fraction"), data.get("forget_classes")
-    if fraction is None and classes is None:
+        indices_file = data.get("forget_indices_file")
+    if fraction is None and classes is None and indices_file is None:
         r = evaluate_model(model, retain=train_set.tensors(), test=test_set.tensors())
         print(f"train acc {r['retain_acc']:.4f}  test acc {r['test_acc']:.4f}")
         return 0
     retain_set, forget_set = _forget_split(train_set, fraction, classes,
                                            args.forget_seed if args.forget_seed is not None
-                                           else data.get("forget_seed", 0))
+                                           else data.get("forget_seed", 0), indices_file)
     r = evaluate_model(model, retain=retain_set.tensors(), forget=forget_set.tensors(),
                        test=test_set.tensors())
     print(f"test acc {r['test_acc']:.4f}  retain acc {r['retain_acc']:.4f}  forget acc "

@@ -278,6 +278,9 @@ def test_forget_indices_file_text_and_npy(trained, tmp_path, capsys):
         assert "-unlearning of 4 points" in capsys.readouterr().out
         cert = json.loads((tmp_path / "run" / "certificate.json").read_text())
         assert cert["forget_size"] == 4 and cert["retain_size"] == 1438 - 4
+        # the model file records the forget set, so evaluate finds it again
+        assert main(["evaluate", str(tmp_path / "run" / "model.pt")]) == 0
+        assert "forget acc" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("content, message", [
