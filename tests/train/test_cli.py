@@ -366,3 +366,14 @@ def test_missing_data_files_exit_1(tmp_path, capsys):
     assert "missing file" in _one_line_error(capsys, "certunlearn train: error: CIFAR-10:")
     assert main(["train", "--data", "mnist", "--out", str(tmp_path / "m.pt")]) == 2
     assert "needs a local directory" in _one_line_error(capsys, "certunlearn train: error:")
+
+
+def test_unlearn_output_under_proc_or_a_file(trained, tmp_path, capsys):
+    folder, model = trained
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for out in ("/proc/certunlearn-run", str(blocker), str(blocker / "run")):
+        cfg = _config(tmp_path, model, out=out)
+        assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 1
+        _one_line_error(capsys, "certunlearn unlearn: error:")
+    assert not os.path.exists("/proc/certunlearn-run") and blocker.read_text() == ""
