@@ -31,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: Runtime dependencies besides torch (torch is pinned below to the version the extension is built
 #: against: a wheel built against one torch fails to load under another with undefined symbols).
 REQUIREMENTS = ["mpmath>=1.3", "numpy>=1.24", "scipy>=1.10", "tqdm>=4.60", "scikit-learn>=1.2",
-                "pyyaml>=6"]
+                "pyyaml>=6", "cryptography>=42"]
 
 
 def _torch_requirement() -> str:

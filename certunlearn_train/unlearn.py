@@ -33,7 +33,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .certificates import RunCertificate, build_run_certificate, weights_sha256
+from .certificates import (RunCertificate, build_run_certificate, public_parameters_record,
+                           weights_sha256)
 from .checks import MAX_STEPS, check_choice, check_device, check_int, check_real
 from .models import check_buffers_constant, check_unlearnable
 from .train import (as_tensors, check_data_device, check_finite_model, check_model_fits_data,
@@ -108,9 +109,8 @@ def public_record(model: nn.Module, public: List[str]) -> Optional[dict]:
     if not public:
         return None
     params = dict(model.named_parameters())
-    return {"names": list(public),
-            "sha256": weights_sha256({n: params[n].detach() for n in public}),
-            "assumption": PUBLIC_ASSUMPTION}
+    record = public_parameters_record({n: params[n].detach() for n in public}, public)
+    return dict(record, assumption=PUBLIC_ASSUMPTION)
 
 
 @contextlib.contextmanager

@@ -140,6 +140,6 @@ def test_finetune_batch_size_is_used_for_fine_tuning_only():
 def test_unlearn_epochs_are_whole_passes():
     model, x, y = _dropout_problem(n=30)
     _, cert = unlearn(model, (x, y), epochs=3, batch_size=8, seed=3, **KW)
-    assert cert.parameters["steps"] == 12
+    assert cert.parameters["T"] == 12
     _, cert = unlearn(model, (x, y), epochs=0.5, batch_size=8, seed=3, **KW)
-    assert cert.parameters["steps"] == 2
+    assert cert.parameters["T"] == 2
