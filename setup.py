@@ -28,6 +28,26 @@ except ImportError as exc:  # pragma: no cover
              f"use `pip install --no-build-isolation -e .` after installing torch")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: Runtime dependencies besides torch (torch is pinned below to the version the extension is built
+#: against: a wheel built against one torch fails to load under another with undefined symbols).
+REQUIREMENTS = ["mpmath>=1.3", "numpy>=1.24", "scipy>=1.10", "tqdm>=4.60", "scikit-learn>=1.2",
+                "pyyaml>=6", "cryptography>=42"]
+
+
+def _torch_requirement() -> str:
+    """``torch==X.Y.Z`` for the torch this build compiles against (local labels like +cpu dropped)."""
+    return "torch==" + torch.__version__.split("+")[0]
+
+
+def _write_build_info() -> None:
+    """Record the torch the extension is compiled against; ``certunlearn_train.ops`` checks it."""
+    path = os.path.join(HERE, "certunlearn_train", "_build_info.py")
+    text = ('"""Written by setup.py at build time: the torch the extension was compiled against."""\n'
+            f"TORCH_VERSION = {torch.__version__!r}\n")
+    old = open(path).read() if os.path.exists(path) else None
+    if old != text:
+        with open(path, "w") as fh:
+            fh.write(text)
 
 
 def _want_cuda() -> bool:
@@ -77,7 +97,9 @@ def _extensions():
     return [ext]
 
 
+_write_build_info()
 setup(
+    install_requires=REQUIREMENTS + [_torch_requirement()],
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension},
 )

@@ -1,14 +1,174 @@
 """The ``certunlearn`` console script: accountant subcommands plus the training subcommands.
 
 Accountant subcommands import no torch; training subcommands (demo, train, unlearn, evaluate,
-verify) import it inside their handlers, when they run.
+verify, keygen) import it inside their handlers, when they run.
+
+Every failure is one line on stderr and a documented exit code (:data:`EXIT_CODES`), never a
+traceback: 0 success; 1 failure (verification failed, a file missing, unreadable or not of the
+expected kind); 2 usage error (a bad argument, config key or value, or parameters the accountant
+refuses); 3 ``verify`` only: nothing failed, but the guarantee cannot be checked from the
+certificate (``retrain``); 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import shlex
 import sys
+import tempfile
 
 from certunlearn_theory import cli as theory_cli
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_VERIFIABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = {
+    EXIT_OK: "success (verify: the guarantee was recomputed and the model matches)",
+    EXIT_FAILED: "failure: verification failed, or a file is missing, unreadable or not of "
+                 "the expected kind",
+    EXIT_USAGE: "usage error: a bad argument, config key or value, or parameters the "
+                "accountant refuses",
+    EXIT_NOT_VERIFIABLE: "verify only: nothing failed, but the guarantee cannot be checked "
+                         "from a certificate (exact retraining)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+_EPILOG = "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
+
+
+class UsageError(Exception):
+    """Bad command line: one line, exit code 2."""
+
+
+class FileProblem(Exception):
+    """A file or folder cannot be used: one line, exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` that reports a bad command line as one line (``UsageError``), not usage text."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types: each refuses with the constraint and the value
+# ---------------------------------------------------------------------------------------------
+
+def _int_type(low, high):
+    def parse(text):
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer >= {low}{'' if high is None else f' and <= {high}'}, got "
+                f"{text!r}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_type(low=None, high=None, low_open=True, high_open=False):
+    def parse(text):
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            value = math.nan
+        ok = math.isfinite(value)
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if ok and high is not None:
+            ok = value < high if high_open else value <= high
+        if not ok:
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+            rng = " and ".join(s for s in (lo, hi) if s)
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number{' ' + rng if rng else ''}, got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+#: Upper limits: a seed torch accepts (with room for seed + 1), a thread count and a layer width
+#: that cannot exhaust the machine, an epoch count that ends.
+MAX_SEED, MAX_THREADS, MAX_WIDTH, MAX_EPOCHS = (1 << 62) - 1, 256, 1 << 16, 1e6
+_POS_INT = _int_type(1, 1 << 40)
+_SEED = _int_type(0, MAX_SEED)
+_CLASS = _int_type(0, 1 << 20)
+_THREADS = _int_type(1, MAX_THREADS)
+_WIDTH = _int_type(1, MAX_WIDTH)
+_POS_FLOAT = _float_type(0.0)
+_EPOCHS = _float_type(0.0, MAX_EPOCHS)
+_FRACTION = _float_type(0.0, 1.0, high_open=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output paths: checked before any work; a folder this run created is removed if the run fails
+# ---------------------------------------------------------------------------------------------
+
+def _probe_writable(folder: str) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".certunlearn-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise FileProblem(f"cannot write into folder {folder!r}: {exc.strerror or exc}") \
+            from None
+
+
+def _check_output_file(path: str, option: str) -> None:
+    """A file to be written: not a directory, in an existing writable folder."""
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path!r} is an existing directory; give a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileProblem(f"{option} {path!r}: folder {parent!r} does not exist")
+    _probe_writable(parent)
+
+
+class _OutputFolder:
+    """Create (or reuse) an output folder before the work; remove what was created if the run
+    fails or is interrupted and left the folder empty."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.created = []
+
+    def __enter__(self):
+        path = os.path.abspath(self.path)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise FileProblem(f"output {self.path!r} exists and is not a folder")
+        missing, p = [], path
+        while not os.path.exists(p):
+            missing.append(p)
+            p = os.path.dirname(p)
+        try:
+            for q in reversed(missing):
+                os.mkdir(q)
+                self.created.append(q)
+            _probe_writable(path)
+        except OSError as exc:
+            self._clean()
+            raise FileProblem(f"cannot create output folder {self.path!r}: "
+                              f"{exc.strerror or exc}") from None
+        except FileProblem:
+            self._clean()
+            raise
+        return self
+
+    def _clean(self):
+        for q in reversed(self.created):
+            try:
+                os.rmdir(q)  # only if empty
+            except OSError:
+                break
+        self.created = []
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._clean()
+        return False
 
 
 def _set_threads(n):
@@ -18,9 +178,14 @@ def _set_threads(n):
 
 
 def _threads_arg(p, default=None):
-    p.add_argument("--threads", type=int, default=default,
+    p.add_argument("--threads", type=_THREADS, default=default,
                    help="torch intra-op threads (tiny models run fastest on 1)"
                         + ("" if default is None else f"; default {default}"))
+
+
+def _fmt_guarantee(eps, delta) -> str:
+    from .certificates import _format_up
+    return f"({_format_up(eps)}, {_format_up(delta)})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -28,9 +193,11 @@ def _threads_arg(p, default=None):
 # ---------------------------------------------------------------------------------------------
 
 def _demo(args) -> int:
-    _set_threads(args.threads)
-    from .demo import run_demo
-    result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    from .demo import fresh_run_dir_name, run_demo
+    out = args.out or fresh_run_dir_name("demo")
+    with _OutputFolder(out):
+        _set_threads(args.threads)
+        result = run_demo(out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     print(f"output folder: {result['out']}")
     return 0
 
@@ -40,18 +207,21 @@ def _load_data(name, root, test_fraction, split_seed):
     return load_dataset(name, root, test_fraction=test_fraction, split_seed=split_seed)
 
 
-def _forget_split(train_set, fraction, classes, seed):
-    from .data import select_forget, split_forget
-    idx = select_forget(train_set.y, fraction=fraction, classes=classes, seed=seed)
+def _forget_split(train_set, fraction, classes, seed, indices_file=None):
+    from .data import load_forget_indices, select_forget, split_forget
+    if indices_file is not None:
+        idx = load_forget_indices(indices_file, len(train_set))
+    else:
+        idx = select_forget(train_set.y, fraction=fraction, classes=classes, seed=seed)
     return split_forget(train_set, idx)
 
 
 def _train(args) -> int:
+    _check_output_file(args.out, "--out")
     _set_threads(args.threads)
     import torch
-    from .certificates import save_model_file
-    from .demo import model_arch
     from .evaluate import evaluate_model
+    from .model_files import model_arch, save_model_file
     from .models import build_model
     from .train import train
     train_set, test_set = _load_data(args.data, args.data_root, args.test_fraction,
@@ -72,34 +242,41 @@ def _train(args) -> int:
     return 0
 
 
-def _load_model(path):
-    from .certificates import load_model_file
-    from .demo import model_from_arch
-    state, arch = load_model_file(path)
-    if not arch:
-        raise ValueError(f"{path}: no architecture record; save models with `certunlearn train`")
-    return model_from_arch(arch, state), arch
-
-
 def _unlearn(args) -> int:
-    import os
+    import contextlib
     from . import distributed
     from .config import load_config
     cfg = load_config(args.config)
-    _set_threads(cfg["threads"])
+    if args.sign_key is not None:
+        cfg["sign_key"] = args.sign_key
+    if args.model_factory is not None:
+        cfg["model_factory"] = args.model_factory
+    writer = distributed.is_writer()  # data parallel: only rank 0 signs and writes files
+    sign_key = None
+    if cfg["sign_key"] is not None and writer:  # a bad key fails before the work, not after
+        from .signing import load_private_key
+        sign_key = load_private_key(cfg["sign_key"])
+    from .model_files import load_model
+    model, arch = load_model(cfg["model_file"], cfg["model_factory"])
+    with _OutputFolder(cfg["out"]) if writer else contextlib.nullcontext():
+        _set_threads(cfg["threads"])
+        return _unlearn_work(cfg, model, arch, sign_key, progress=not args.no_progress)
+
+
+def _unlearn_work(cfg, model, arch, sign_key, progress) -> int:
+    from . import distributed
     from .baselines import output_perturbation, retrain
-    from .certificates import save_model_file
     from .evaluate import evaluate_model
+    from .model_files import save_model_file
     from .unlearn import unlearn
-    model, arch = _load_model(cfg["model_file"])
     train_set, test_set = _load_data(cfg["data"], cfg["data_root"], cfg["test_fraction"],
                                      cfg["split_seed"])
     retain_set, forget_set = _forget_split(train_set, cfg["forget_fraction"],
-                                           cfg["forget_classes"], cfg["forget_seed"])
+                                           cfg["forget_classes"], cfg["forget_seed"],
+                                           cfg["forget_indices_file"])
     retain = retain_set.tensors()
-    progress = not args.no_progress and distributed.is_writer()
-    common = dict(forget_size=len(forget_set), seed=cfg["seed"], progress=progress,
-                  device=distributed.device())
+    common = dict(forget_size=len(forget_set), seed=cfg["seed"],
+                  progress=progress and distributed.is_writer(), device=distributed.device())
     method = cfg["method"]
     if method == "retrain":
         out_model, cert = retrain(model, retain, epochs=cfg["retrain_epochs"], lr=cfg["lr"],
@@ -119,20 +296,25 @@ def _unlearn(args) -> int:
             finetune_lr=cfg["finetune_lr"], **common)
     if not distributed.is_writer():  # data parallel: rank 0 writes the files and reports
         return 0
-    os.makedirs(cfg["out"], exist_ok=True)
+    if sign_key is not None:
+        cert = cert.sign(sign_key)
     model_path = os.path.join(cfg["out"], "model.pt")
     cert_path = os.path.join(cfg["out"], "certificate.json")
-    arch = dict(arch, data=dict(arch.get("data") or {}, forget_fraction=cfg["forget_fraction"],
-                                forget_classes=cfg["forget_classes"],
-                                forget_seed=cfg["forget_seed"]))
+    data_info = {"name": cfg["data"], "root": cfg["data_root"],
+                 "test_fraction": cfg["test_fraction"], "split_seed": cfg["split_seed"]}
+    arch = dict(arch, data=dict(
+        arch.get("data") or {}, **data_info, forget_fraction=cfg["forget_fraction"],
+        forget_classes=cfg["forget_classes"], forget_seed=cfg["forget_seed"],
+        forget_indices_file=None if cfg["forget_indices_file"] is None
+        else os.path.abspath(cfg["forget_indices_file"])))
     save_model_file(model_path, out_model, arch)
     cert.save(cert_path)
     r = evaluate_model(out_model, retain=retain, forget=forget_set.tensors(),
                        test=test_set.tensors())
-    print(f"{method}: ({cert.epsilon:.4g}, {cert.delta:.3g})-unlearning of {len(forget_set)} "
-          f"points; test acc {r['test_acc']:.3f}, retain acc {r['retain_acc']:.3f}, forget acc "
-          f"{r['forget_acc']:.3f}, MIA AUC {r['mia_auc']:.3f}")
-    print(f"wrote {cert_path} and {model_path}")
+    print(f"{cert.method}: {_fmt_guarantee(cert.eps, cert.delta)}-unlearning of "
+          f"{len(forget_set)} points; test acc {r['test_acc']:.3f}, retain acc "
+          f"{r['retain_acc']:.3f}, forget acc {r['forget_acc']:.3f}, MIA AUC {r['mia_auc']:.3f}")
+    print(f"wrote {cert_path} and {model_path}" + (" (signed)" if sign_key is not None else ""))
     return 0
 
 
@@ -149,22 +331,24 @@ def _unlearn_in_process_group(args) -> int:
 def _evaluate(args) -> int:
     _set_threads(args.threads)
     from .evaluate import evaluate_model
-    model, arch = _load_model(args.model)
+    from .model_files import load_model
+    model, arch = load_model(args.model, args.model_factory)
     data = dict(arch.get("data") or {})
     name = args.data or data.get("name", "digits")
     root = args.data_root or data.get("root")
     train_set, test_set = _load_data(name, root, data.get("test_fraction", 0.2),
                                      data.get("split_seed", 0))
-    fraction, classes = args.forget_fraction, args.forget_classes
+    fraction, classes, indices_file = args.forget_fraction, args.forget_classes, None
     if fraction is None and classes is None:
         fraction, classes = data.get("forget_fraction"), data.get("forget_classes")
-    if fraction is None and classes is None:
+        indices_file = data.get("forget_indices_file")
+    if fraction is None and classes is None and indices_file is None:
         r = evaluate_model(model, retain=train_set.tensors(), test=test_set.tensors())
         print(f"train acc {r['retain_acc']:.4f}  test acc {r['test_acc']:.4f}")
         return 0
     retain_set, forget_set = _forget_split(train_set, fraction, classes,
                                            args.forget_seed if args.forget_seed is not None
-                                           else data.get("forget_seed", 0))
+                                           else data.get("forget_seed", 0), indices_file)
     r = evaluate_model(model, retain=retain_set.tensors(), forget=forget_set.tensors(),
                        test=test_set.tensors())
     print(f"test acc {r['test_acc']:.4f}  retain acc {r['retain_acc']:.4f}  forget acc "
@@ -172,21 +356,80 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _verify(args) -> int:
-    from .certificates import CertificateError, RunCertificate, load_model_file
+def _sniff(path: str) -> str:
+    """'model', 'json' or 'other' from the first bytes of a file ('' if unreadable)."""
     try:
-        cert = RunCertificate.load(args.certificate)
-        state, _ = load_model_file(args.model)
-        cert.verify(state)
-    except CertificateError as exc:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return ""
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "model"
+    return "json" if head.lstrip()[:1] == b"{" else "other"
+
+
+def _verify(args) -> int:
+    from .certificates import CertificateError, RunCertificate, verify_chain
+    from .model_files import ModelFileError, load_model_file
+    files = args.files
+    if not args.chain and len(files) != 2:
+        raise UsageError(f"give CERT MODEL (or --chain CERT... MODEL), "
+                         f"got {len(files)} path(s)")
+    if len(files) < 2:
+        raise UsageError("--chain needs at least one certificate and "
+                         "the final model")
+    cert_paths, model_path = files[:-1], files[-1]
+    if _sniff(cert_paths[0]) == "model" and _sniff(model_path) == "json":
+        raise UsageError("the arguments look swapped: the first is a "
+                         "model file and the last a JSON file (usage: certunlearn verify CERT "
+                         "MODEL)")
+    try:
+        certs = [RunCertificate.load(p) for p in cert_paths]
+        state, _ = load_model_file(model_path)
+        if args.chain:
+            reports = verify_chain(certs, state, public_key=args.public_key)
+        else:
+            reports = [certs[0].verify(state, public_key=args.public_key)]
+    except (CertificateError, ModelFileError) as exc:
         print(f"certunlearn verify: FAILED: {exc}", file=sys.stderr)
-        return 1
-    print(f"certunlearn verify: OK: {cert.method}, ({cert.epsilon:.6g}, {cert.delta:.6g})-"
-          f"unlearning reproduced by the accountant; model weights match (SHA-256 "
-          f"{cert.model_sha256_after[:16]}...)")
-    if cert.noise_seed_user_supplied:
-        print("warning: this run used a caller-chosen noise seed: it is a reproduction, not a "
+        return EXIT_FAILED
+    sha = certs[-1].model_sha256_after[:16]
+    if args.chain:
+        for k, (c, r) in enumerate(zip(certs, reports), 1):
+            what = "recomputed by the accountant" if r.guarantee_recomputed else \
+                "NOT VERIFIABLE (exact retraining cannot be checked from a certificate)"
+            print(f"certificate {k}: {c.method}, {_fmt_guarantee(c.eps, c.delta)}-unlearning "
+                  f"{what}; signature: {r.signature}")
+        print(f"chain: {len(certs)} certificates, each starting from the previous one's output; "
+              f"the final model matches (SHA-256 {sha}...). Each request is certified on its "
+              f"own against retraining without all forget sets so far (no composition).")
+    else:
+        c, r = certs[0], reports[0]
+        if r.guarantee_recomputed:
+            print(f"certunlearn verify: OK: {c.method}, {_fmt_guarantee(c.eps, c.delta)}-"
+                  f"unlearning recomputed by the accountant from the certificate's parameters; "
+                  f"model weights match (SHA-256 {sha}...)")
+        else:
+            print(f"certunlearn verify: NOT VERIFIABLE: {c.method} claims exact unlearning; "
+                  f"exact retraining cannot be checked from a certificate (only the model "
+                  f"hash was: the weights match, SHA-256 {sha}...)")
+        print(f"  signature: {r.signature}")
+        for field, why in r.not_checked:
+            print(f"  not checked: {field}: {why}")
+    if any(c.noise_seed_user_supplied for c in certs):
+        print("warning: a run used a caller-chosen noise seed: it is a reproduction, not a "
               "private release", file=sys.stderr)
+    if not all(r.guarantee_recomputed for r in reports):
+        return EXIT_NOT_VERIFIABLE
+    return EXIT_OK
+
+
+def _keygen(args) -> int:
+    from .signing import generate_key_files
+    _check_output_file(args.out, "--out")
+    fp = generate_key_files(args.out)
+    print(f"wrote private key {args.out} (mode 0600; keep it secret) and public key "
+          f"{args.out}.pub (fingerprint {fp})")
     return 0
 
 
@@ -195,70 +438,100 @@ def _verify(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 def _register_training(subparsers) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
         "demo", help="train on digits, forget 10%% with a certificate, compare with retraining",
         description="Train an MLP on scikit-learn's digits, unlearn a random 10%% of the "
                     "training set by gradient clipping at (eps, delta) = (1, 1e-5), fine-tune, "
                     "and compare with retraining from scratch. Writes certificate.json and "
-                    "model.pt.")
+                    "model.pt.", epilog=_EPILOG, formatter_class=fmt)
     p.add_argument("--out", help="output folder (default: a fresh folder under runs/)")
     p.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=_SEED, default=None,
                    help="fix every random choice, the unlearning noise included (a "
                         "reproduction, not a private release)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _threads_arg(p, default=1)
     p.set_defaults(handler=_demo)
 
-    p = subparsers.add_parser("train", help="train a model (the one to unlearn from)")
+    p = subparsers.add_parser("train", help="train a model (the one to unlearn from)",
+                              epilog=_EPILOG, formatter_class=fmt)
     p.add_argument("--data", choices=("digits", "mnist", "cifar10"), default="digits")
     p.add_argument("--data-root", help="directory of the MNIST IDX / CIFAR-10 pickle files")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="digits only")
-    p.add_argument("--split-seed", type=int, default=0, help="digits only")
+    p.add_argument("--test-fraction", type=_FRACTION, default=0.2, help="digits only")
+    p.add_argument("--split-seed", type=_SEED, default=0, help="digits only")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
-    p.add_argument("--hidden", type=int, nargs="+", default=[64], help="MLP hidden widths")
-    p.add_argument("--epochs", type=float, default=40.0)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--hidden", type=_WIDTH, nargs="+", default=[64], help="MLP hidden widths")
+    p.add_argument("--epochs", type=_EPOCHS, default=40.0)
+    p.add_argument("--lr", type=_POS_FLOAT, default=0.05)
+    p.add_argument("--batch-size", type=_POS_INT, default=64)
+    p.add_argument("--seed", type=_SEED, default=None)
     p.add_argument("--out", required=True, help="path of the model file to write")
     p.add_argument("--no-progress", action="store_true")
     _threads_arg(p)
     p.set_defaults(handler=_train)
 
-    p = subparsers.add_parser("unlearn", help="unlearn a forget set as a config file describes")
+    p = subparsers.add_parser("unlearn", help="unlearn a forget set as a config file describes",
+                              epilog=_EPILOG, formatter_class=fmt)
     p.add_argument("--config", required=True, help="YAML or JSON file (see docs/training.md)")
+    p.add_argument("--sign-key", help="sign the certificate with this private key "
+                                      "(from `certunlearn keygen`; overrides sign_key)")
+    p.add_argument("--model-factory", metavar="PKG.MOD:FN",
+                   help="build the model with FN() and load the file's state dict into it "
+                        "(overrides model_factory)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--dist-timeout", type=_POS_FLOAT, default=None, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others before the run "
                         "fails (default $CERTUNLEARN_DIST_TIMEOUT or 300)")
     p.set_defaults(handler=_unlearn_in_process_group)
 
-    p = subparsers.add_parser("evaluate", help="accuracy and membership-inference AUC of a model")
+    p = subparsers.add_parser("evaluate", help="accuracy and membership-inference AUC of a model",
+                              epilog=_EPILOG, formatter_class=fmt)
     p.add_argument("model", help="model file written by train, unlearn or demo")
+    p.add_argument("--model-factory", metavar="PKG.MOD:FN",
+                   help="for a plain state dict: FN() builds the module")
     p.add_argument("--data", choices=("digits", "mnist", "cifar10"),
                    help="default: the data set recorded in the model file")
     p.add_argument("--data-root")
-    p.add_argument("--forget-fraction", type=float)
-    p.add_argument("--forget-classes", type=int, nargs="+")
-    p.add_argument("--forget-seed", type=int)
+    p.add_argument("--forget-fraction", type=_FRACTION)
+    p.add_argument("--forget-classes", type=_CLASS, nargs="+")
+    p.add_argument("--forget-seed", type=_SEED)
     _threads_arg(p)
     p.set_defaults(handler=_evaluate)
 
     p = subparsers.add_parser(
-        "verify", help="check a certificate against the accountant and a model file",
-        description="Exit 0 when the accountant reproduces the certificate's guarantee from its "
-                    "parameters and the model's weights match its SHA-256; exit 1 with the "
-                    "reason otherwise.")
-    p.add_argument("certificate", help="certificate.json")
-    p.add_argument("model", help="model.pt")
+        "verify", help="check a certificate (or a chain of them) against the accountant and a "
+                       "model file",
+        usage="certunlearn verify [-h] [--public-key PUB] CERT MODEL\n"
+              "       certunlearn verify [-h] [--public-key PUB] --chain CERT [CERT ...] MODEL",
+        description="Recompute the certificate's guarantee with the accountant from its "
+                    "parameters, check every field that can be checked, the model's SHA-256 "
+                    "and the signature, and list what a certificate alone cannot establish. "
+                    "With --chain: certificates of sequential requests, each starting from the "
+                    "previous one's output, and the final model.",
+        epilog=_EPILOG, formatter_class=fmt)
+    p.add_argument("files", nargs="+", metavar="CERT... MODEL",
+                   help="certificate.json file(s), then the model file")
+    p.add_argument("--chain", action="store_true",
+                   help="the certificates are sequential requests, in order")
+    p.add_argument("--public-key", metavar="PUB",
+                   help="require a valid signature by this key (KEYFILE.pub from keygen)")
     p.set_defaults(handler=_verify)
+
+    p = subparsers.add_parser(
+        "keygen", help="create an Ed25519 key pair for signing certificates",
+        description="Write a private key to KEYFILE (mode 0600) and its public key to "
+                    "KEYFILE.pub. Existing files are never overwritten.",
+        epilog=_EPILOG, formatter_class=fmt)
+    p.add_argument("--out", required=True, metavar="KEYFILE")
+    p.set_defaults(handler=_keygen)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="certunlearn",
-        description="Certified unlearning by noisy fine-tuning on the retained data.")
+        description="Certified unlearning by noisy fine-tuning on the retained data.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     theory_cli.register(subparsers)
@@ -266,8 +539,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 def main(argv=None) -> int:
-    return theory_cli.run(build_parser(), argv)
+    """Run the console script; return the exit code (never raises, never prints a traceback)."""
+    prog = "certunlearn"
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help / --version
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        prog = f"certunlearn {args.command}"
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit short
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        text = _one_line(exc)  # the parser's own errors already start with the program name
+        print(text if text.startswith("certunlearn") else f"{prog}: error: {text}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - mapped to one line and an exit code below
+        from .certificates import CertificateError
+        from .data import DataFileError
+        from .model_files import ModelFileError
+        from .signing import SigningError
+        # OSError includes distributed.DistributedError (a ConnectionError): a rank that
+        # stopped or timed out, or replicas that diverged, under torchrun
+        if isinstance(exc, (FileProblem, ModelFileError, CertificateError, SigningError,
+                            DataFileError, OSError)):
+            code = EXIT_FAILED
+        elif isinstance(exc, ValueError):
+            code = EXIT_USAGE
+        else:  # a defect: still one line, with the exception's type to report it
+            print(f"{prog}: internal error: {type(exc).__name__}: {_one_line(exc)}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

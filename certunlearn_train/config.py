@@ -3,9 +3,10 @@
 Every key is checked: an unknown key, a wrong type or a value out of range gets a one-line
 :class:`ConfigError` naming the file, the key, the constraint and the value. Example (YAML)::
 
-    model_file: runs/original/model.pt   # from `certunlearn train`
+    model_file: runs/original/model.pt   # from `certunlearn train` (or a state dict, with
+                                         # model_factory: pkg.module:function)
     data: digits                         # digits | mnist | cifar10 (data_root for the last two)
-    forget_fraction: 0.1                 # or forget_classes: [3]
+    forget_fraction: 0.1                 # or forget_classes: [3], or forget_indices_file: f.txt
     forget_seed: 0
     method: gradient_clipping            # | model_clipping | output_perturbation | retrain
     eps: 1.0
@@ -17,6 +18,9 @@ Every key is checked: an unknown key, a wrong type or a value out of range gets 
     clip: batch                          # | per_sample
     finetune_epochs: 40
     out: runs/unlearned
+    sign_key: keys/run.key               # optional: sign the certificate (certunlearn keygen)
+
+A key given twice is refused (YAML and JSON), so no value silently replaces another.
 """
 from __future__ import annotations
 
@@ -48,12 +52,14 @@ def _real(low=None, high=None, low_open=False, allow_inf=False):
     return check
 
 
-def _int(low=None):
+def _int(low=None, high=None):
     def check(v):
         if isinstance(v, bool) or not isinstance(v, int):
             return "an integer"
         if low is not None and v < low:
             return f"an integer >= {low}"
+        if high is not None and v > high:
+            return f"an integer <= {high}"
         return None
     return check
 
@@ -82,36 +88,43 @@ def _optional(check):
     return inner
 
 
+#: Upper limits that keep a typo (steps: 1e30) from starting a run that never ends.
+MAX_STEPS = 10 ** 9
+MAX_EPOCHS = 1e6
+
 #: key -> (validator, default). A default of ``...`` means required.
 CONFIG_KEYS: Dict[str, Any] = {
     "model_file": (_str, ...),
     "data": (_choice("digits", "mnist", "cifar10"), "digits"),
     "data_root": (_optional(_str), None),
     "test_fraction": (_real(0.0, 1.0, low_open=True), 0.2),
-    "split_seed": (_int(0), 0),
+    "split_seed": (_int(0, (1 << 62) - 1), 0),
     "forget_fraction": (_optional(_real(0.0, 1.0, low_open=True)), None),
     "forget_classes": (_optional(_int_list), None),
-    "forget_seed": (_int(0), 0),
+    "forget_indices_file": (_optional(_str), None),
+    "forget_seed": (_int(0, (1 << 62) - 1), 0),
     "method": (_choice("gradient_clipping", "model_clipping", "output_perturbation", "retrain"),
                "gradient_clipping"),
     "eps": (_real(0.0, low_open=True), 1.0),
     "delta": (_real(0.0, 1.0, low_open=True), 1e-5),
-    "steps": (_optional(_int(1)), None),
-    "epochs": (_optional(_real(0.0, low_open=True)), None),
+    "steps": (_optional(_int(1, MAX_STEPS)), None),
+    "epochs": (_optional(_real(0.0, MAX_EPOCHS, low_open=True)), None),
     "C0": (_optional(_real(0.0, low_open=True)), None),
     "C1": (_optional(_real(0.0, low_open=True)), None),
     "C2": (_optional(_real(0.0, low_open=True)), None),
     "sigma0": (_real(0.0), 0.0),
     "lr": (_real(0.0, low_open=True), 0.05),
     "lam": (_real(0.0), 0.0),
-    "batch_size": (_int(1), 64),
+    "batch_size": (_int(1, 1 << 31), 64),
     "clip": (_choice("batch", "per_sample"), "batch"),
-    "finetune_epochs": (_real(0.0), 0.0),
+    "finetune_epochs": (_real(0.0, MAX_EPOCHS), 0.0),
     "finetune_lr": (_optional(_real(0.0, low_open=True)), None),
-    "retrain_epochs": (_real(0.0, low_open=True), 40.0),
-    "seed": (_optional(_int(0)), None),
+    "retrain_epochs": (_real(0.0, MAX_EPOCHS, low_open=True), 40.0),
+    "seed": (_optional(_int(0, (1 << 62) - 1)), None),
     "out": (_str, ...),
-    "threads": (_optional(_int(1)), None),
+    "threads": (_optional(_int(1, 256)), None),
+    "model_factory": (_optional(_str), None),
+    "sign_key": (_optional(_str), None),
 }
 
 
@@ -142,8 +155,12 @@ def validate_config(raw: Any, source: str = "config") -> Dict[str, Any]:
         if problem:
             raise ConfigError(f"{source}: key {key!r} must be {problem}, got {value!r}")
         out[key] = value
-    if (out["forget_fraction"] is None) == (out["forget_classes"] is None):
-        raise ConfigError(f"{source}: give exactly one of 'forget_fraction' and 'forget_classes'")
+    given = [k for k in ("forget_fraction", "forget_classes", "forget_indices_file")
+             if out[k] is not None]
+    if len(given) != 1:
+        raise ConfigError(f"{source}: give exactly one of 'forget_fraction', 'forget_classes' "
+                          f"and 'forget_indices_file' (got {len(given)}: "
+                          f"{', '.join(given) or 'none'})")
     if out["data"] != "digits" and out["data_root"] is None:
         raise ConfigError(f"{source}: data {out['data']!r} needs 'data_root' (a local directory)")
     method = out["method"]
@@ -163,21 +180,60 @@ def validate_config(raw: Any, source: str = "config") -> Dict[str, Any]:
     return out
 
 
+def _unique_key_loader(path: str):
+    """A ``yaml.SafeLoader`` subclass that refuses a mapping with a repeated key."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        loader.flatten_mapping(node)
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: let the base class report it
+                break
+            if repeated:
+                raise ConfigError(f"{path}: key {key!r} is given twice (line "
+                                  f"{key_node.start_mark.line + 1})")
+            seen.add(key)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                    construct_mapping)
+    return UniqueKeyLoader
+
+
 def load_config(path: str) -> Dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or JSON file and validate it."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read(1 << 20)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8)") from None
     if path.endswith(".json"):
+        def no_duplicates(pairs):
+            seen = set()
+            for key, _ in pairs:
+                if key in seen:
+                    raise ConfigError(f"{path}: key {key!r} is given twice")
+                seen.add(key)
+            return dict(pairs)
         try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
+            raw = json.loads(text, object_pairs_hook=no_duplicates)
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise ConfigError(f"{path}: invalid JSON ({exc})") from None
     else:
         import yaml
         try:
-            raw = yaml.safe_load(text)
+            raw = yaml.load(text, Loader=_unique_key_loader(path))  # noqa: S506 - a SafeLoader
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             mark = getattr(exc, "problem_mark", None)

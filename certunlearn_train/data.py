@@ -4,25 +4,32 @@
 * :func:`load_mnist`: the standard MNIST IDX files (``train-images-idx3-ubyte`` etc., gzip or raw)
   from a local directory.
 * :func:`load_cifar10`: the standard CIFAR-10 python pickle batches (``data_batch_1`` ...
-  ``data_batch_5``, ``test_batch``) from a local directory (or its ``cifar-10-batches-py`` child).
+  ``data_batch_5``, ``test_batch``) from a local directory (or its ``cifar-10-batches-py`` child),
+  read by a restricted unpickler that admits only what the format holds (dicts, lists, bytes,
+  strings, numbers and numpy arrays), so a crafted file cannot run code.
 * :func:`select_forget`: a seeded random fraction of the training set, or whole classes.
 * :func:`split_forget`: retain and forget parts of a data set, with the indices validated.
+* :func:`load_forget_indices`: forget-set indices from a file (one per line, or a ``.npy`` array).
 
 Arrays are numpy: images are float32 in [0, 1] shaped (N, C, H, W); labels are int64.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
+import io
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
 __all__ = [
-    "ArrayDataset", "DataError", "load_digits", "load_mnist", "load_cifar10", "load_dataset",
-    "read_idx", "train_test_split", "select_forget", "split_forget", "DATASETS",
+    "ArrayDataset", "DataError", "DataFileError", "load_digits", "load_mnist", "load_cifar10", "load_dataset",
+    "read_idx", "train_test_split", "select_forget", "split_forget", "load_forget_indices",
+    "safe_unpickle", "DATASETS",
 ]
 
 DATASETS = ("digits", "mnist", "cifar10")
@@ -30,6 +37,11 @@ DATASETS = ("digits", "mnist", "cifar10")
 
 class DataError(ValueError):
     """A data file is missing or malformed, or a forget request does not fit the data set."""
+
+
+class DataFileError(DataError):
+    """A data file or directory is missing, unreadable or not in the expected format (the
+    command line reports it with exit code 1, like any file it cannot use)."""
 
 
 @dataclass(frozen=True)
@@ -87,18 +99,18 @@ def read_idx(path: str) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
-            raise DataError(f"{path}: corrupt gzip data ({exc})") from None
+            raise DataFileError(f"{path}: corrupt gzip data ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
+        raise DataFileError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header")
+        raise DataFileError(f"{path}: truncated IDX header")
     dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     count = int(np.prod(dims)) if dims else 1
     if len(raw) - header != count * dtype.itemsize:
-        raise DataError(f"{path}: expected {count * dtype.itemsize} data bytes for shape {dims}, "
+        raise DataFileError(f"{path}: expected {count * dtype.itemsize} data bytes for shape {dims}, "
                         f"found {len(raw) - header}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
@@ -113,7 +125,7 @@ def _find(root: str, stem: str, what: str) -> str:
         path = os.path.join(root, candidate)
         if os.path.isfile(path):
             return path
-    raise DataError(f"{what}: missing file {os.path.join(root, stem)}[.gz] "
+    raise DataFileError(f"{what}: missing file {os.path.join(root, stem)}[.gz] "
                     f"(expected the standard file in directory {root!r})")
 
 
@@ -130,10 +142,49 @@ def load_mnist(root: str, split: str = "train") -> ArrayDataset:
     images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte", "MNIST"))
     labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte", "MNIST"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DataError(f"MNIST {split}: images of shape {images.shape} do not match labels of "
+        raise DataFileError(f"MNIST {split}: images of shape {images.shape} do not match labels of "
                         f"shape {labels.shape}")
     x = (images.astype(np.float32) / 255.0)[:, None, :, :]
     return ArrayDataset(np.ascontiguousarray(x), labels.astype(np.int64), 10, "mnist")
+
+
+def _allowed_globals():
+    try:
+        from numpy._core import multiarray as _ma, numeric as _nu
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray as _ma, numeric as _nu
+    table = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+             ("_codecs", "encode"): codecs.encode}
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        table[(mod, "_reconstruct")] = _ma._reconstruct
+    if hasattr(_nu, "_frombuffer"):
+        for mod in ("numpy.core.numeric", "numpy._core.numeric"):
+            table[(mod, "_frombuffer")] = _nu._frombuffer
+    return table
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only dicts, lists, tuples, bytes, strings, numbers and numpy arrays: any other
+    global (a function or class a crafted file names, which unpickling would call) is refused."""
+
+    _allowed = None
+
+    def find_class(self, module, name):
+        if _RestrictedUnpickler._allowed is None:
+            _RestrictedUnpickler._allowed = _allowed_globals()
+        obj = _RestrictedUnpickler._allowed.get((module, name))
+        if obj is None:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: only numpy arrays "
+                                         "and plain data are allowed")
+        return obj
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refused a persistent reference")
+
+
+def safe_unpickle(raw: bytes, *, encoding: str = "bytes"):
+    """Unpickle ``raw`` with :class:`_RestrictedUnpickler` (no code from the file can run)."""
+    return _RestrictedUnpickler(io.BytesIO(raw), encoding=encoding).load()
 
 
 def load_cifar10(root: str, split: str = "train") -> ArrayDataset:
@@ -154,23 +205,31 @@ def load_cifar10(root: str, split: str = "train") -> ArrayDataset:
     for name in names:
         path = os.path.join(root, name)
         if not os.path.isfile(path):
-            raise DataError(f"CIFAR-10: missing file {path} (expected the standard python pickle "
+            raise DataFileError(f"CIFAR-10: missing file {path} (expected the standard python pickle "
                             f"batches in directory {root!r})")
+        with open(path, "rb") as fh:
+            raw = fh.read()
         try:
-            with open(path, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
+            batch = safe_unpickle(raw)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise DataError(f"{path}: not a CIFAR-10 pickle batch ({exc})") from None
+            raise DataFileError(f"{path}: not a CIFAR-10 pickle batch ({exc})") from None
         data = batch.get(b"data", batch.get("data")) if isinstance(batch, dict) else None
         labels = batch.get(b"labels", batch.get("labels")) if isinstance(batch, dict) else None
         if data is None or labels is None:
-            raise DataError(f"{path}: a CIFAR-10 batch needs the keys 'data' and 'labels'")
-        data = np.asarray(data, dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-            raise DataError(f"{path}: 'data' must be (N, 3072) uint8 with N labels, got "
+            raise DataFileError(f"{path}: a CIFAR-10 batch needs the keys 'data' and 'labels'")
+        if isinstance(data, np.ndarray) and data.dtype.kind not in "ui":
+            raise DataFileError(f"{path}: 'data' must hold integers, got dtype {data.dtype}")
+        try:
+            data = np.asarray(data, dtype=np.uint8)
+            labels = np.asarray(labels, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise DataFileError(f"{path}: 'data' and 'labels' must be integer arrays ({exc})") \
+                from None
+        if labels.ndim != 1 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+            raise DataFileError(f"{path}: 'data' must be (N, 3072) uint8 with N labels, got "
                             f"{data.shape} and {len(labels)} labels")
         xs.append(data.reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(labels, dtype=np.int64))
+        ys.append(labels)
     x = np.concatenate(xs).astype(np.float32) / 255.0
     return ArrayDataset(np.ascontiguousarray(x), np.concatenate(ys), 10, "cifar10")
 
@@ -201,7 +260,7 @@ def _split_prefix(split, table):
 
 def _check_dir(root, what):
     if not os.path.isdir(root):
-        raise DataError(f"{what}: data directory {root!r} does not exist")
+        raise DataFileError(f"{what}: data directory {root!r} does not exist")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,3 +339,54 @@ def split_forget(data: ArrayDataset, forget_indices: Sequence[int]):
     if keep.size == 0:
         raise DataError(f"the retain set is empty: all {n} points are in the forget set")
     return data.subset(keep), data.subset(np.sort(idx))
+
+
+_INT_LINE = re.compile(r"^[+-]?[0-9]+$")
+
+
+def load_forget_indices(path: str, n: int) -> np.ndarray:
+    """Forget-set indices from ``path``: a ``.npy`` integer array, or text with one index per
+    line (blank lines ignored). Each index must be an integer in [0, n), none repeated.
+
+    Returns the indices (int64, in file order). Raises :class:`DataError` naming the file and
+    the first bad entry (with its line number for text files).
+    """
+    if not os.path.isfile(path):
+        raise DataFileError(f"forget indices file {path!r} does not exist")
+    if path.endswith(".npy"):
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"{path}: not a .npy array of indices ({exc})") from None
+        if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer)):
+            raise DataError(f"{path}: forget indices must be a 1-D integer array, got shape "
+                            f"{arr.shape} and dtype {arr.dtype}")
+        values, where = arr.astype(np.int64).tolist(), [f"entry {i}" for i in range(len(arr))]
+    else:
+        values, where = [], []
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: forget indices must be text, one integer per line") \
+                from None
+        for lineno, line in enumerate(text.splitlines(), 1):
+            item = line.strip()
+            if not item:
+                continue
+            if not _INT_LINE.match(item):
+                raise DataError(f"{path}: line {lineno}: forget index must be an integer, got "
+                                f"{item[:40]!r}")
+            values.append(int(item))
+            where.append(f"line {lineno}")
+    if not values:
+        raise DataError(f"{path}: no forget indices")
+    seen = {}
+    for value, loc in zip(values, where):
+        if not 0 <= value < n:
+            raise DataError(f"{path}: {loc}: forget index must be in [0, {n}), got {value}")
+        if value in seen:
+            raise DataError(f"{path}: {loc}: forget index {value} repeats {seen[value]}")
+        seen[value] = loc
+    return np.asarray(values, dtype=np.int64)

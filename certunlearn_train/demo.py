@@ -20,10 +20,11 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import shlex
 import time
 from typing import Any, Dict, Optional
 
-__all__ = ["run_demo", "DEMO_SETTINGS", "QUICK_SETTINGS", "model_arch", "model_from_arch"]
+__all__ = ["run_demo", "DEMO_SETTINGS", "QUICK_SETTINGS", "fresh_run_dir_name"]
 
 DEMO_SETTINGS = dict(hidden=(64,), train_epochs=40.0, lr=0.05, batch_size=64, eps=1.0,
                      delta=1e-5, C0=0.01, steps=50, finetune_epochs=40.0, retrain_epochs=40.0,
@@ -32,41 +33,14 @@ QUICK_SETTINGS = dict(DEMO_SETTINGS, train_epochs=8.0, steps=20, finetune_epochs
                       retrain_epochs=8.0)
 
 
-def model_arch(name: str, input_shape, num_classes: int, data: Dict[str, Any],
-               **kwargs) -> Dict[str, Any]:
-    """The architecture record stored next to the weights in ``model.pt``."""
-    return {"name": name, "input_shape": [int(s) for s in input_shape],
-            "num_classes": int(num_classes),
-            "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
-            "data": dict(data)}
-
-
-def model_from_arch(arch: Dict[str, Any], state_dict=None):
-    """Rebuild the model recorded by :func:`model_arch` (and load ``state_dict`` if given)."""
-    from .models import build_model
-    try:
-        model = build_model(arch["name"], arch["input_shape"], arch["num_classes"],
-                            **arch.get("kwargs", {}))
-    except KeyError as exc:
-        raise ValueError(f"model file has no architecture record (missing {exc}); it was not "
-                         "written by certunlearn") from None
-    if state_dict is not None:
-        try:
-            model.load_state_dict(state_dict)
-        except RuntimeError as exc:
-            raise ValueError(f"weights do not fit the recorded architecture: "
-                             f"{str(exc).splitlines()[0]}") from None
-    return model
-
-
-def fresh_run_dir(kind: str) -> str:
+def fresh_run_dir_name(kind: str) -> str:
+    """``runs/<kind>-<timestamp>[-k]``: a folder name not yet taken (the caller creates it)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = os.path.join("runs", f"{kind}-{stamp}")
     path, i = base, 1
     while os.path.exists(path):
         i += 1
         path = f"{base}-{i}"
-    os.makedirs(path)
     return path
 
 
@@ -93,7 +67,8 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     """
     import torch
     from .baselines import retrain
-    from .certificates import save_model_file, weights_sha256
+    from .certificates import _format_up, weights_sha256
+    from .model_files import model_arch, save_model_file
     from .data import load_dataset, select_forget, split_forget
     from .evaluate import evaluate_model
     from .models import MLP
@@ -101,7 +76,7 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     from .unlearn import unlearn
 
     s = QUICK_SETTINGS if quick else DEMO_SETTINGS
-    out = out or fresh_run_dir("demo")
+    out = out or fresh_run_dir_name("demo")
     os.makedirs(out, exist_ok=True)
     data_info = {"name": "digits", "test_fraction": s["test_fraction"], "split_seed": 0,
                  "forget_fraction": s["forget_fraction"], "forget_seed": 0}
@@ -140,7 +115,7 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     results = {"original": evaluate_model(original, **sets), "noisy_phase": noisy_only,
                "unlearned": evaluate_model(unlearned, **sets),
                "retrained": evaluate_model(retrained, **sets)}
-    guarantee = f"({cert.epsilon:.3g}, {cert.delta:.3g})"
+    guarantee = f"({_format_up(cert.eps, 3)}, {_format_up(cert.delta, 3)})"
     rows = []
     for key, label, seconds, g in (
             ("original", "original (trained on all)", t_train, "none"),
@@ -166,6 +141,7 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     cert.verify(unlearned)
     assert weights_sha256(unlearned) == cert.model_sha256_after
     echo(f"wrote {cert_path} and {model_path}")
-    echo(f"check them with: certunlearn verify {cert_path} {model_path}")
+    echo("check them with: certunlearn verify "
+         f"{shlex.quote(os.path.abspath(cert_path))} {shlex.quote(os.path.abspath(model_path))}")
     return {"out": out, "results": results, "certificate": cert,
             "times": {"train": t_train, "unlearn": t_unlearn, "retrain": t_retrain}}

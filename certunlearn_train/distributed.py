@@ -384,33 +384,43 @@ def gradient_source(source, flat):
     return DistributedGradients(source, flat) if active() else source
 
 
-def backward_global_mean(model, loss_fn, x: torch.Tensor, y: torch.Tensor,
-                         idx: torch.Tensor) -> None:
-    """Leave in every parameter's ``.grad`` the gradient of the mean loss over the global batch ``idx``.
+def backward_global_mean(model, loss_fn, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                         params=None) -> torch.Tensor:
+    """Leave in each of ``params``' ``.grad`` the gradient of the mean loss over the global batch ``idx``.
 
-    Each rank back-propagates ``sum of its slice's losses / B`` and the gradients are all-reduced
-    (summed) in one flat buffer, so every rank holds the same average. Gradients must be zero or
-    None on entry (as after ``zero_grad``). ``loss_fn`` must accept ``reduction="sum"``.
+    ``loss_fn(outputs, targets)`` is a scalar mean over its batch. Each rank back-propagates its
+    slice's mean loss times ``slice size / B`` (its share of the global mean), and the gradients
+    and the losses are all-reduced (summed) in one flat buffer, so every rank holds the same
+    average gradient. Returns the global mean loss (the same value on every rank, so a
+    non-finite loss stops every rank alike). Gradients must be zero or None on entry (as after
+    ``zero_grad``). ``params``: default every parameter with ``requires_grad``.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] if params is None \
+        else list(params)
     b = len(idx)
     lo, hi = local_range(b)
+    share = None
     if hi > lo:
         mine = idx[lo:hi]
-        (loss_fn(model(x[mine]), y[mine], reduction="sum") / b).backward()
-    if not params:
-        return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                      for p in params])
+        share = loss_fn(model(x[mine]), y[mine]) * ((hi - lo) / b)
+        share.backward()
+    ref = params[0] if params else x
+    dtype = ref.dtype if ref.is_floating_point() else torch.float32
+    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+             for p in params]
+    loss = torch.zeros(1, dtype=dtype, device=ref.device) if share is None \
+        else share.detach().reshape(1).to(dtype=dtype, device=ref.device)
+    flat = torch.cat(parts + [loss])
     _all_reduce(flat, _reduce_op("SUM"), "summing the fine-tuning gradients")
     o = 0
     for p in params:
         n = p.numel()
         if p.grad is None:
-            p.grad = flat[o:o + n].view_as(p).clone()
+            p.grad = flat[o:o + n].view_as(p).to(p.dtype).clone()
         else:
             p.grad.copy_(flat[o:o + n].view_as(p))
         o += n
+    return flat[-1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import warnings
 import torch
 
 from certunlearn_train import _reference
+from certunlearn_train.build_check import extension_torch_mismatch
 from certunlearn_train._reference import blocks_for, seed_to_int64
 
 __all__ = [
@@ -38,9 +39,10 @@ SCHEMA = ("noisy_step_(Tensor(a!) params, Tensor grads, Tensor? norms, float lr,
 #: Schema of the noise fill op: ``out`` (float32/float64, contiguous) gets N(0, 1) draws.
 NOISE_SCHEMA = "gaussian_noise_(Tensor(a!) out, int seed, int offset) -> ()"
 
-_EXTENSION_ERROR: str | None = None
+_EXTENSION_ERROR: str | None = extension_torch_mismatch()
 try:
-    from certunlearn_train import _C  # noqa: F401  (importing registers the ops)
+    if _EXTENSION_ERROR is None:  # never load an extension built against another torch
+        from certunlearn_train import _C  # noqa: F401  (importing registers the ops)
 except ImportError as exc:  # pragma: no cover - exercised only without a build
     _EXTENSION_ERROR = (f"certunlearn_train._C could not be imported ({exc}); build it with "
                         f"`make setup` or `python setup.py build_ext --inplace`")

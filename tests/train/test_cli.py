@@ -1,12 +1,23 @@
-"""The console script's training subcommands, called through main([...])."""
+"""The console script's training subcommands, called through main([...]) (a few as subprocesses).
+
+Exit codes (docs/training.md, `--help`): 0 ok, 1 failure, 2 usage error, 3 verify: not
+verifiable (retrain), 130 interrupted.
+"""
 import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
-from certunlearn_train.cli import main
+from certunlearn_train.cli import EXIT_CODES, main
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -18,25 +29,38 @@ def trained(tmp_path_factory):
     return folder, path
 
 
-def _config(folder, model, **over):
+def _config(folder, model, name="config.json", **over):
     cfg = {"model_file": str(model), "out": str(folder / "out"), "forget_fraction": 0.1,
            "C0": 0.01, "C1": 0.01 / (0.05 * 10), "lr": 0.05, "steps": 10,
            "finetune_epochs": 1, "seed": 5}
     cfg.update(over)
-    path = folder / "config.json"
+    cfg = {k: v for k, v in cfg.items() if v is not None or k in over}
+    path = folder / name
     path.write_text(json.dumps(cfg))
     return path
+
+
+def _one_line_error(capsys, prefix):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(prefix), err
+    assert "Traceback" not in err
+    return err
 
 
 def test_train_unlearn_evaluate_verify(trained, capsys):
     folder, model = trained
     assert main(["unlearn", "--config", str(_config(folder, model)), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "gradient_clipping: (1, 1e-05)-unlearning of 144 points" in out
+    assert "gradient_clipping: (1, 1e-5)-unlearning of 144 points" in out
     cert, unlearned = folder / "out" / "certificate.json", folder / "out" / "model.pt"
     assert main(["verify", str(cert), str(unlearned)]) == 0
     captured = capsys.readouterr()
-    assert "OK" in captured.out and "caller-chosen noise seed" in captured.err
+    assert "OK: gradient_clipping" in captured.out and "caller-chosen noise seed" in captured.err
+    for claim in ("retain_size", "forget_size", "model_sha256_before", "created_utc",
+                  "noise_seed_user_supplied"):
+        assert f"not checked: {claim}:" in captured.out
+    assert "signature: unsigned" in captured.out
     assert main(["evaluate", str(unlearned), "--forget-fraction", "0.1"]) == 0
     assert "MIA AUC" in capsys.readouterr().out
     # the original model is not the certified one
@@ -44,55 +68,289 @@ def test_train_unlearn_evaluate_verify(trained, capsys):
     assert "model weights do not match" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method, extra", [
-    ("retrain", {"retrain_epochs": 1}),
-    ("output_perturbation", {"C1": None, "steps": None}),
-    ("model_clipping", {"C2": 0.5, "lam": 0.1, "steps": 6}),
+@pytest.mark.parametrize("method, extra, code", [
+    ("retrain", {"retrain_epochs": 1}, 3),
+    ("output_perturbation", {"C1": None, "steps": None}, 0),
+    ("model_clipping", {"C2": 0.5, "lam": 0.1, "steps": 6}, 0),
 ])
-def test_unlearn_other_methods(trained, capsys, method, extra):
+def test_unlearn_other_methods(trained, capsys, method, extra, code):
     folder, model = trained
     cfg = _config(folder, model, method=method, **extra)
     assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 0
     assert main(["verify", str(folder / "out" / "certificate.json"),
-                 str(folder / "out" / "model.pt")]) == 0
-    assert f"OK: {method}" in capsys.readouterr().out
+                 str(folder / "out" / "model.pt")]) == code
+    out = capsys.readouterr().out
+    if method == "retrain":
+        assert "NOT VERIFIABLE: retrain claims exact unlearning; exact retraining cannot be " \
+               "checked from a certificate" in out and "OK" not in out
+    else:
+        assert f"OK: {method}" in out
 
 
-@pytest.mark.parametrize("over, message", [
-    ({"eps": -1}, "key 'eps' must be a number > 0.0, got -1"),
-    ({"colour": "red"}, "unknown key 'colour'"),
-    ({"model_file": "/nonexistent/m.pt"}, "does not exist"),
-    ({"forget_fraction": None, "forget_classes": [11]}, r"forget classes \[11\] do not occur"),
+@pytest.mark.parametrize("over, message, code", [
+    ({"eps": -1}, "key 'eps' must be a number > 0.0, got -1", 2),
+    ({"colour": "red"}, "unknown key 'colour'", 2),
+    ({"steps": 1e30}, "key 'steps' must be an integer, got 1e\\+30", 2),
+    ({"model_file": "/nonexistent/m.pt"}, "does not exist", 1),
+    ({"forget_fraction": None, "forget_classes": [11]}, r"forget classes \[11\] do not occur", 2),
 ])
-def test_unlearn_errors_are_one_line(trained, capsys, over, message):
+def test_unlearn_errors_are_one_line(trained, capsys, over, message, code):
     folder, model = trained
-    assert main(["unlearn", "--config", str(_config(folder, model, **over)),
-                 "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("certunlearn unlearn: error:")
-    assert __import__("re").search(message, err), err
+    out = folder / "never-created" / "run"
+    assert main(["unlearn", "--config", str(_config(folder, model, out=str(out), **over)),
+                 "--no-progress"]) == code
+    err = _one_line_error(capsys, "certunlearn unlearn: error:")
+    assert re.search(message, err), err
+    assert not (folder / "never-created").exists()  # no empty run folder left behind
 
 
-def test_demo_quick_end_to_end(tmp_path, capsys):
-    out = tmp_path / "demo"
+def test_demo_quick_end_to_end_and_its_printed_command(tmp_path, capsys):
+    out = tmp_path / "a demo folder"  # a space: the printed command must quote it
     assert main(["demo", "--quick", "--out", str(out), "--seed", "0", "--no-progress"]) == 0
     text = capsys.readouterr().out
     for row in ("original (trained on all)", "unlearned + fine-tuned", "retrained from scratch"):
         assert row in text
     assert (out / "certificate.json").is_file() and (out / "model.pt").is_file()
     assert main(["verify", str(out / "certificate.json"), str(out / "model.pt")]) == 0
+    capsys.readouterr()
     cert = json.loads((out / "certificate.json").read_text())
-    assert cert["epsilon"] <= 1.0 and cert["delta"] <= 1e-5 and cert["forget_size"] == 144
+    assert cert["eps"] <= 1.0 and cert["delta"] <= 1e-5 and cert["forget_size"] == 144
     assert "seed" not in json.dumps(cert["parameters"])
+    command = re.search(r"check them with: (.*)", text).group(1)
+    elsewhere = tmp_path / "fresh"
+    elsewhere.mkdir()
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+               + os.environ.get("PATH", ""))
+    res = subprocess.run(["bash", "-c", command], cwd=elsewhere, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "OK: gradient_clipping" in res.stdout
+    assert shlex.split(command)[2] == str(out / "certificate.json")
+
+
+def test_demo_table_rounds_the_guarantee_up(monkeypatch):
+    from certunlearn_train import certificates as C
+    assert C._format_up(1.2345649, 6) == "1.23457"
+    assert C._format_up(0.99999999999, 3) == "1"  # not 0.999..., never a stronger claim
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--threads", "0"], "argument --threads: must be an integer >= 1 and <= 256, "
+                                 "got '0'"),
+    (["demo", "--threads", "100000"], "argument --threads: must be an integer >= 1 and <= 256"),
+    (["demo", "--seed", "-1"], "argument --seed: must be an integer >= 0 and <= "),
+    (["demo", "--seed", str(10 ** 30)], "argument --seed: must be an integer >= 0 and <= "),
+    (["train", "--batch-size", "0", "--out", "m.pt"],
+     "argument --batch-size: must be an integer >= 1"),
+    (["train", "--hidden", "100000000", "--out", "m.pt"], "argument --hidden: must be an "
+                                                          "integer >= 1 and <= 65536"),
+    (["train", "--epochs", "nan", "--out", "m.pt"], "argument --epochs: must be a finite number"),
+    (["train", "--seed", "-1", "--out", "m.pt"], "argument --seed: must be an integer >= 0"),
+    (["train"], "the following arguments are required: --out"),
+    (["evaluate", "m.pt", "--forget-fraction", "1.5"], "argument --forget-fraction"),
+    (["verify", "only-one.json"], "give CERT MODEL"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_usage_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = _one_line_error(capsys, "certunlearn")
+    assert message in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_train_output_path_checked_before_the_work(tmp_path, capsys):
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    assert main(["train", "--out", str(folder), "--no-progress"]) == 2
+    assert "is an existing directory" in _one_line_error(capsys, "certunlearn train: error:")
+    assert main(["train", "--out", "/proc/certunlearn-test/m.pt", "--no-progress"]) == 1
+    _one_line_error(capsys, "certunlearn train: error:")
+    assert main(["train", "--out", "/proc/m.pt", "--no-progress"]) == 1
+    assert "cannot write into folder '/proc'" in _one_line_error(capsys, "certunlearn train:")
+
+
+@pytest.mark.parametrize("target", ["/proc/certunlearn-demo", "/proc/self/certunlearn-demo"])
+def test_demo_output_under_proc_is_refused_before_the_work(capsys, target):
+    assert main(["demo", "--quick", "--out", target, "--no-progress"]) == 1
+    _one_line_error(capsys, "certunlearn demo: error:")
+    assert not os.path.exists(target)
 
 
 def test_unwritable_output_is_one_line_not_a_traceback(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     assert main(["demo", "--quick", "--out", str(blocker / "demo"), "--no-progress"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("certunlearn demo: error:"), err
-    assert "a_file" in err
+    assert "a_file" in _one_line_error(capsys, "certunlearn demo: error:")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 10, os.urandom(300), b"PK\x03\x04trunc",
+                                     b"\x80\x04K\x01."])
+def test_bad_model_files_are_one_line_exit_1(trained, tmp_path, capsys, content):
+    folder, model = trained
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    for argv in (["evaluate", str(bad)],
+                 ["unlearn", "--config", str(_config(tmp_path, bad, out=str(tmp_path / "o")))]):
+        assert main(argv) == 1
+        assert "not a certunlearn model file" in _one_line_error(capsys, "certunlearn")
+    assert not (tmp_path / "o").exists()
+
+
+def test_truncated_model_file(trained, tmp_path, capsys):
+    folder, model = trained
+    raw = model.read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(raw[: len(raw) // 2])
+    assert main(["evaluate", str(bad)]) == 1
+    assert "not a certunlearn model file" in _one_line_error(capsys, "certunlearn evaluate:")
+
+
+def test_verify_swapped_and_bad_files(trained, tmp_path, capsys):
+    folder, model = trained
+    assert main(["unlearn", "--config", str(_config(folder, model)), "--no-progress"]) == 0
+    capsys.readouterr()
+    cert, out = str(folder / "out" / "certificate.json"), str(folder / "out" / "model.pt")
+    assert main(["verify", out, cert]) == 2
+    assert "look swapped" in _one_line_error(capsys, "certunlearn verify: error:")
+    junk = tmp_path / "junk.pt"
+    with open(out, "rb") as fh:
+        head = fh.read(200)
+    for content in (b"", os.urandom(100), head):
+        junk.write_bytes(content)
+        assert main(["verify", cert, str(junk)]) == 1
+        assert "not a certunlearn model file" in _one_line_error(capsys, "certunlearn verify:")
+    bad_cert = tmp_path / "c.json"
+    bad_cert.write_bytes(os.urandom(64))
+    assert main(["verify", str(bad_cert), out]) == 1
+    _one_line_error(capsys, "certunlearn verify: FAILED:")
+    assert main(["verify", str(tmp_path / "none.json"), out]) == 1
+    assert "cannot read certificate" in _one_line_error(capsys, "certunlearn verify: FAILED:")
+
+
+def test_help_lists_the_exit_codes(capsys):
+    for argv in (["--help"], ["verify", "--help"], ["unlearn", "--help"]):
+        assert main(argv) == 0
+        text = capsys.readouterr().out
+        assert "exit codes:" in text
+        for code in EXIT_CODES:
+            assert re.search(rf"^\s+{code}\s", text, re.M), (argv, code)
+    docs = open(os.path.join(REPO, "docs", "training.md")).read()
+    for code in EXIT_CODES:
+        assert re.search(rf"^\| `{code}` \|", docs, re.M), code
+
+
+def test_ctrl_c_during_demo_exits_130_without_traceback(tmp_path):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "certunlearn_train.cli", "demo", "--out", str(out),
+         "--no-progress", "--seed", "0"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the data are loaded, before training
+        assert line.startswith("digits:"), line
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert stderr.strip() == "certunlearn demo: interrupted", stderr
+    assert not (out / "certificate.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Forget indices from a file; a model given as a state dict plus a factory
+# ----------------------------------------------------------------------------------------------
+
+def test_forget_indices_file_text_and_npy(trained, tmp_path, capsys):
+    folder, model = trained
+    idx = [5, 17, 3, 1000]
+    txt = tmp_path / "forget.txt"
+    txt.write_text("\n".join(map(str, idx)) + "\n")
+    npy = tmp_path / "forget.npy"
+    np.save(npy, np.array(idx, dtype=np.int64))
+    for source in (txt, npy):
+        cfg = _config(tmp_path, model, forget_fraction=None, forget_indices_file=str(source),
+                      out=str(tmp_path / "run"))
+        assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 0
+        assert "-unlearning of 4 points" in capsys.readouterr().out
+        cert = json.loads((tmp_path / "run" / "certificate.json").read_text())
+        assert cert["forget_size"] == 4 and cert["retain_size"] == 1438 - 4
+        # the model file records the forget set, so evaluate finds it again
+        assert main(["evaluate", str(tmp_path / "run" / "model.pt")]) == 0
+        assert "forget acc" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [
+    ("1\n2\n2\n", "line 3: forget index 2 repeats line 2"),
+    ("1\n2.0\n", "line 2: forget index must be an integer, got '2.0'"),
+    ("1\n99999\n", r"line 2: forget index must be in \[0, 1438\), got 99999"),
+    ("-1\n", r"line 1: forget index must be in \[0, 1438\), got -1"),
+    ("\n\n", "no forget indices"),
+])
+def test_forget_indices_file_errors(trained, tmp_path, capsys, content, message):
+    folder, model = trained
+    bad = tmp_path / "forget.txt"
+    bad.write_text(content)
+    cfg = _config(tmp_path, model, forget_fraction=None, forget_indices_file=str(bad),
+                  out=str(tmp_path / "run"))
+    assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 2
+    assert re.search(message, _one_line_error(capsys, "certunlearn unlearn: error:"))
+    assert not (tmp_path / "run").exists()
+
+
+FACTORY = '''
+import torch
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.Tanh(), nn.Linear(12, 10))
+
+
+def not_a_module():
+    return 3
+
+
+def exits():
+    raise SystemExit(5)
+'''
+
+
+def test_model_factory_with_a_plain_state_dict(tmp_path, monkeypatch, capsys):
+    import torch
+    (tmp_path / "my_arch_mod.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_arch_mod", None)
+    import my_arch_mod
+    torch.manual_seed(0)
+    net = my_arch_mod.build()
+    torch.save(net.state_dict(), tmp_path / "plain.pt")
+    cfg = _config(tmp_path, tmp_path / "plain.pt", out=str(tmp_path / "run"), finetune_epochs=0)
+    # without a factory: refused with a hint
+    assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 1
+    assert "--model-factory" in _one_line_error(capsys, "certunlearn unlearn: error:")
+    assert main(["unlearn", "--config", str(cfg), "--no-progress", "--model-factory",
+                 "my_arch_mod:build"]) == 0
+    capsys.readouterr()
+    run = tmp_path / "run"
+    assert main(["verify", str(run / "certificate.json"), str(run / "model.pt")]) == 0
+    # the output file records the factory, so evaluate needs no flag
+    assert main(["evaluate", str(run / "model.pt")]) == 0
+    capsys.readouterr()
+    cfg2 = _config(tmp_path, tmp_path / "plain.pt", name="c2.json", out=str(tmp_path / "run2"),
+                   model_factory="my_arch_mod:build")
+    assert main(["unlearn", "--config", str(cfg2), "--no-progress"]) == 0
+    capsys.readouterr()
+    for spec, message in (("my_arch_mod:not_a_module", "must return an nn.Module"),
+                          ("my_arch_mod:nothing", "has no callable 'nothing'"),
+                          ("my_arch_mod:exits", "failed: SystemExit: 5"),
+                          ("no_such_module_xyz:build", "cannot import"),
+                          ("just-a-name", "must be 'package.module:function'")):
+        assert main(["evaluate", str(tmp_path / "plain.pt"), "--model-factory", spec]) == 1
+        assert message in _one_line_error(capsys, "certunlearn evaluate: error:")
 
 
 def test_accountant_commands_do_not_import_torch():
@@ -100,3 +358,22 @@ def test_accountant_commands_do_not_import_torch():
             "build_parser().parse_args(['verify', 'a', 'b']); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(__file__))
+
+
+def test_missing_data_files_exit_1(tmp_path, capsys):
+    assert main(["train", "--data", "cifar10", "--data-root", str(tmp_path), "--out",
+                 str(tmp_path / "m.pt"), "--no-progress"]) == 1
+    assert "missing file" in _one_line_error(capsys, "certunlearn train: error: CIFAR-10:")
+    assert main(["train", "--data", "mnist", "--out", str(tmp_path / "m.pt")]) == 2
+    assert "needs a local directory" in _one_line_error(capsys, "certunlearn train: error:")
+
+
+def test_unlearn_output_under_proc_or_a_file(trained, tmp_path, capsys):
+    folder, model = trained
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for out in ("/proc/certunlearn-run", str(blocker), str(blocker / "run")):
+        cfg = _config(tmp_path, model, out=out)
+        assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 1
+        _one_line_error(capsys, "certunlearn unlearn: error:")
+    assert not os.path.exists("/proc/certunlearn-run") and blocker.read_text() == ""

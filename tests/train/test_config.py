@@ -32,7 +32,16 @@ def test_defaults_filled_and_yaml_float_literals(tmp_path):
     ({"batch_size": True}, r"key 'batch_size' must be an integer, got True"),
     ({"clip": "row"}, r"key 'clip' must be one of 'batch', 'per_sample', got 'row'"),
     ({"method": "magic"}, r"key 'method' must be one of"),
-    ({"forget_classes": [1]}, "exactly one of 'forget_fraction' and 'forget_classes'"),
+    ({"forget_classes": [1]}, "exactly one of 'forget_fraction', 'forget_classes' and "
+                              "'forget_indices_file' \\(got 2"),
+    ({"forget_indices_file": "f.txt"}, "exactly one of .*got 2: forget_fraction, "
+                                       "forget_indices_file"),
+    ({"steps": 10 ** 30}, r"key 'steps' must be an integer <= 1000000000, got 10{30}"),
+    ({"steps": 1e30}, r"key 'steps' must be an integer, got 1e\+30"),
+    ({"epochs": 1e30, "steps": None}, r"key 'epochs' must be a number <= 1000000.0"),
+    ({"seed": -1}, r"key 'seed' must be an integer >= 0, got -1"),
+    ({"threads": 0}, r"key 'threads' must be an integer >= 1, got 0"),
+    ({"model_factory": ""}, r"key 'model_factory' must be a non-empty string"),
     ({"forget_fraction": None}, "exactly one of"),
     ({"forget_fraction": None, "forget_classes": []}, "key 'forget_classes' must be a non-empty"),
     ({"data": "mnist"}, "data 'mnist' needs 'data_root'"),
@@ -71,3 +80,37 @@ def test_file_errors(tmp_path):
     top.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(str(top))
+
+
+@pytest.mark.parametrize("text", ["steps: 1e30\n", "steps: 1.0e+30\n"])
+def test_yaml_steps_1e30_is_refused(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text("model_file: m.pt\nout: o\nforget_fraction: 0.1\nC0: 0.01\nC1: 0.004\n" + text)
+    with pytest.raises(ConfigError, match="key 'steps' must be an integer"):
+        load_config(str(path))
+
+
+def test_duplicated_keys_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model_file: m.pt\nout: o\nforget_fraction: 0.1\nC0: 0.01\nC1: 0.004\n"
+                    "eps: 1.0\neps: 8.0\n")
+    with pytest.raises(ConfigError, match=r"key 'eps' is given twice \(line 7\)"):
+        load_config(str(path))
+    path = tmp_path / "c.json"
+    path.write_text('{"model_file": "m.pt", "out": "o", "eps": 1.0, "forget_fraction": 0.1, '
+                    '"C0": 0.01, "C1": 0.004, "eps": 8.0}')
+    with pytest.raises(ConfigError, match="key 'eps' is given twice"):
+        load_config(str(path))
+
+
+def test_yaml_cannot_build_objects(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model_file: !!python/object/apply:os.system ['touch pwned']\nout: o\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(str(path))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_forget_indices_file_key(tmp_path):
+    cfg = validate_config(dict(GOOD, forget_fraction=None, forget_indices_file="f.txt"))
+    assert cfg["forget_indices_file"] == "f.txt" and cfg["forget_fraction"] is None

@@ -104,6 +104,79 @@ def test_cifar10_missing_batch_is_named(tmp_path):
         D.load_cifar10(str(tmp_path), "train")
 
 
+class _WritesMarker:
+    """Unpickling this calls open(marker, "w"): what a crafted batch file would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+class _RunsShell:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("payload", [_WritesMarker, _RunsShell])
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_cifar10_crafted_pickle_cannot_run_code(tmp_path, payload, protocol):
+    _write_cifar(tmp_path)
+    marker = tmp_path / "marker"
+    batch = {b"data": payload(str(marker)), b"labels": [0]}
+    with open(tmp_path / "data_batch_1", "wb") as fh:
+        pickle.dump(batch, fh, protocol=protocol)
+    with pytest.raises(D.DataError, match=r"data_batch_1: not a CIFAR-10 pickle batch "
+                                          r"\(refused to load (builtins|io|posix|os|nt)\.(open|system)"):
+        D.load_cifar10(str(tmp_path), "train")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_restricted_unpickler_reads_what_the_format_holds(protocol):
+    value = {b"batch_label": b"x", "s": "t", b"data": np.arange(12, dtype=np.uint8).reshape(3, 4),
+             b"labels": [1, 2, 3], b"filenames": [b"a.png"], b"f": 1.5, b"t": (1, None, True)}
+    back = D.safe_unpickle(pickle.dumps(value, protocol=protocol))
+    np.testing.assert_array_equal(back[b"data"], value[b"data"])
+    assert {k: v for k, v in back.items() if k != b"data"} == \
+        {k: v for k, v in value.items() if k != b"data"}
+
+
+def test_cifar10_object_array_or_wrong_shape_is_refused(tmp_path):
+    _write_cifar(tmp_path)
+    for data, message in ((np.array([["a"] * 3072], dtype=object), "must hold integers"),
+                          (np.zeros((2, 5), dtype=np.uint8), "must be \\(N, 3072\\)")):
+        with open(tmp_path / "data_batch_1", "wb") as fh:
+            pickle.dump({b"data": data, b"labels": [0] * len(data)}, fh)
+        with pytest.raises(D.DataError, match=message):
+            D.load_cifar10(str(tmp_path), "train")
+
+
+def test_load_forget_indices(tmp_path):
+    p = tmp_path / "f.txt"
+    p.write_text(" 3\n1\n\n+7\n")
+    np.testing.assert_array_equal(D.load_forget_indices(str(p), 10), [3, 1, 7])
+    q = tmp_path / "f.npy"
+    np.save(q, np.array([[1, 2]]))
+    with pytest.raises(D.DataError, match="1-D integer array"):
+        D.load_forget_indices(str(q), 10)
+    np.save(q, np.array([1.0, 2.0]))
+    with pytest.raises(D.DataError, match="1-D integer array"):
+        D.load_forget_indices(str(q), 10)
+    np.save(q, np.array([4, 4]))
+    with pytest.raises(D.DataError, match="entry 1: forget index 4 repeats entry 0"):
+        D.load_forget_indices(str(q), 10)
+    q.write_bytes(b"junk")
+    with pytest.raises(D.DataError, match="not a .npy array"):
+        D.load_forget_indices(str(q), 10)
+    with pytest.raises(D.DataError, match="does not exist"):
+        D.load_forget_indices(str(tmp_path / "none.txt"), 10)
+
+
 def test_digits_and_split_are_stratified_and_seeded():
     train, test = D.load_dataset("digits", test_fraction=0.2, split_seed=3)
     assert len(train) + len(test) == 1797

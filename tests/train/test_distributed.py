@@ -108,6 +108,32 @@ def _sc_retrain():
     return retrain(_mlp(), _data(), epochs=1.0, lr=0.1, batch_size=10, seed=22, progress=False)
 
 
+def _smoothed(out, target):  # a loss other than F.cross_entropy, in every backward
+    return F.cross_entropy(out, target, label_smoothing=0.1)
+
+
+def _evaluating_callback(epoch, model):  # eval mode and random numbers: must not change the run
+    model.eval()
+    torch.rand(3)
+    with torch.no_grad():
+        model(_data()[0][:4])
+
+
+def _sc_private_loss_fn_callback():  # public parameters frozen; fine-tuning in other batches
+    model = _normed()
+    return unlearn(model, _data(), steps=4, batch_size=8, clip="per_sample", seed=23,
+                   loss_fn=_smoothed, private=[model[4]], finetune_epochs=2.0,
+                   finetune_lr=0.1, finetune_batch_size=7, epoch_callback=_evaluating_callback,
+                   **GC)
+
+
+def _sc_retrain_float_targets():  # a regression loss on float targets (they keep their dtype)
+    x, y = _data()
+    return retrain(_mlp(), (x, F.one_hot(y, 10).float()), epochs=2.0, lr=0.1, batch_size=10,
+                   loss_fn=F.mse_loss, epoch_callback=_evaluating_callback, seed=24,
+                   progress=False)
+
+
 SCENARIOS = {name[4:]: fn for name, fn in dict(globals()).items() if name.startswith("_sc_")}
 
 
@@ -487,9 +513,9 @@ def test_init_from_env_is_a_no_op_for_one_process(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 def test_torchrun_cli_unlearn_writes_one_certificate_from_rank0(tmp_path):
-    from certunlearn_train.certificates import RunCertificate, save_model_file
+    from certunlearn_train.certificates import RunCertificate
     from certunlearn_train.cli import main
-    from certunlearn_train.demo import model_arch
+    from certunlearn_train.model_files import model_arch, save_model_file
     from certunlearn_train.models import MLP
     torch.manual_seed(0)
     save_model_file(str(tmp_path / "original.pt"), MLP(64, 10, (16,)),
@@ -513,11 +539,15 @@ def test_torchrun_cli_unlearn_writes_one_certificate_from_rank0(tmp_path):
                  str(tmp_path / "out" / "model.pt")]) == 0
 
 
-def test_cli_refuses_a_bad_timeout(tmp_path, capsys):
+def test_cli_refuses_a_bad_timeout(tmp_path, capsys, monkeypatch):
     from certunlearn_train.cli import main
     assert main(["unlearn", "--config", str(tmp_path / "missing.json"),
                  "--dist-timeout", "-1"]) == 2
-    assert "dist-timeout must be a number of seconds > 0, got -1.0" in capsys.readouterr().err
+    assert "--dist-timeout: must be a finite number > 0, got '-1'" in capsys.readouterr().err
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "0")
+    assert main(["unlearn", "--config", str(tmp_path / "missing.json")]) == 2
+    assert f"{distributed.TIMEOUT_ENV} must be a number of seconds > 0, got '0'" \
+        in capsys.readouterr().err
 
 
 def test_init_from_env_reports_a_rank_that_never_comes(monkeypatch):

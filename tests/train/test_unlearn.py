@@ -68,8 +68,8 @@ def test_certificate_numbers_recomputed_by_accountant(method, extra):
     sigma = ct.noise_for(EPS, DELTA, 8, 0.5, extra.get("C1"), 0.1, extra.get("lam", 0.0),
                          method=method, C2=extra.get("C2"), sigma0=0.0)
     assert cert.sigma == float(sigma)
-    eps_back = ct.epsilon_for(cert.sigma, DELTA, p["steps"], p["C0"], p["C1"], p["lr"], p["lam"],
-                              method=method, C2=p["C2"], sigma0=p["sigma0"])
+    eps_back = ct.epsilon_for(cert.sigma, DELTA, p["T"], p["C0"], p.get("C1"), p["gamma"],
+                              p["lam"], method=method, C2=p.get("C2"), sigma0=p["sigma0"])
     assert float(eps_back) <= EPS and cert.epsilon <= EPS and cert.delta == DELTA
     assert float(eps_back) > 0.99 * EPS  # calibrated, not merely safe
     fresh = ct.issue_certificate(cert.sigma, DELTA, 8, 0.5, extra.get("C1"), 0.1,
@@ -121,9 +121,9 @@ def test_verify_rejects_changed_weights(sound_pair, tmp_path, capsys):
 
 @pytest.mark.parametrize("path, factor, reason", [
     (("sigma",), 0.8, "cannot reproduce"),              # less noise than the guarantee needs
-    (("epsilon",), 0.5, "cannot reproduce"),            # a stronger claim
+    (("eps",), 0.5, "cannot reproduce"),            # a stronger claim
     (("delta",), 1e-3, "cannot reproduce"),
-    (("parameters", "steps"), 0.5, "cannot reproduce|does not match"),
+    (("parameters", "T"), 0.5, "cannot reproduce|does not match"),
     (("parameters", "C1"), 2.0, "cannot reproduce|does not match"),
     (("parameters", "C0"), 3.0, "cannot reproduce|does not match"),
     (("accountant",), None, "accountant"),              # accountant record swapped for junk
@@ -138,7 +138,7 @@ def test_verify_rejects_changed_numbers(sound_pair, tmp_path, capsys, path, fact
         node[path[-1]] = {"junk": 1}
     else:
         node[path[-1]] = type(node[path[-1]])(node[path[-1]] * factor) \
-            if path[-1] != "steps" else int(node[path[-1]] * factor)
+            if path[-1] != "T" else int(node[path[-1]] * factor)
     (tmp_path / "certificate.json").write_text(json.dumps(data))
     (tmp_path / "model.pt").write_bytes((folder / "model.pt").read_bytes())
     assert _verify_cli(tmp_path) == 1
@@ -162,7 +162,13 @@ BAD = [
     (dict(C1=float("inf")), "C1 must be a real number > 0.0, got inf"),
     (dict(clip="rows"), "clip must be one of per_sample, batch, got 'rows'"),
     (dict(method="magic"), "method must be one of"),
-    (dict(steps=0), "steps must be an integer >= 1, got 0"),
+    (dict(steps=0), "steps must be an integer >= 1 and <= 100000000, got 0"),
+    (dict(steps=1e30), "steps must be an integer >= 1 and <= 100000000, got 1e"),
+    (dict(steps=None, epochs=1e30), "epochs must give at most 1e.08 steps"),
+    (dict(steps=None, C1=1e-12), r"default number of steps C0 / \(lr C1\) = 5e\+12 exceeds"),
+    (dict(finetune_epochs=1e30), "finetune_epochs must give at most 1e.08 steps"),
+    (dict(device="nonsense"), "device must name a torch device"),
+    (dict(device="cuda:7"), "device 'cuda:7' does not exist here"),
     (dict(steps=3, epochs=1.0), "give steps or epochs, not both"),
     (dict(batch_size=0), "batch_size must be an integer >= 1"),
     (dict(C2=1.0), "C2 and sigma0 belong to model_clipping"),
