@@ -28,7 +28,7 @@ float32 squares of the formed gradients in float64.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -55,6 +55,9 @@ class Outer:
     """``G_i[g] = sum_t left[i, g, t]^T right[i, g, t]``; left (B, G, T, m), right (B, G, T, n)."""
     left: torch.Tensor
     right: torch.Tensor
+    #: optional faster ``s -> sum_i s_i G_i`` (shaped like the parameter), e.g. the layer's own
+    #: weight-gradient kernel fed with the scaled output gradient
+    weighted: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     _formed: Optional[torch.Tensor] = None  # (B, G, m, n) when the norm route formed them
 
     def __post_init__(self):
@@ -118,8 +121,10 @@ def sq_norms(rep) -> torch.Tensor:
             gl = torch.matmul(rep.left, rep.left.transpose(2, 3))
             gr = torch.matmul(rep.right, rep.right.transpose(2, 3))
             sq = (gl * gr).sum((1, 2, 3), dtype=f64)
-            s = (rep.left.square().sum(3, dtype=f64).sqrt()
-                 * rep.right.square().sum(3, dtype=f64).sqrt()).sum(2)  # (B, G)
+            # ||l_t||^2 and ||r_t||^2 are the Gram diagonals (each within gamma of the truth)
+            nl = gl.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(m))
+            nr = gr.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(n))
+            s = (nl * nr).sqrt().sum(2)  # (B, G): sum_t ||l_t|| ||r_t||
             bound = (_gamma(m) + _gamma(n) + 3 * _U32) * 1.01 * s.square().sum(1)
             return sq.clamp_min(0.0) + bound
         return materialise(rep).square().sum(1, dtype=f64)
@@ -137,10 +142,12 @@ def sq_norms(rep) -> torch.Tensor:
 def weighted_sum(rep, s: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out`` (numel,) <- sum_i s_i G_i, with ``s`` (B,) in ``out``'s dtype."""
     if isinstance(rep, PerSample):
-        return torch.mv(rep.flat().t(), s, out=out)
+        return torch.matmul(s.unsqueeze(0), rep.flat(), out=out.unsqueeze(0))
     if isinstance(rep, Outer):
+        if rep.weighted is not None:
+            return out.copy_(rep.weighted(s).reshape(-1))
         if rep._formed is not None:
-            return torch.mv(materialise(rep).t(), s, out=out)
+            return torch.matmul(s.unsqueeze(0), materialise(rep), out=out.unsqueeze(0))
         b, g, t, m, n = rep.dims
         sl = rep.left * s[:, None, None, None]
         if g == 1:
@@ -175,8 +182,10 @@ def combine(reps: List, numel: int):
         outer = [_rows_as_outer(r) if isinstance(r, Rows) else r for r in reps]
         if len({o.dims[:2] + o.dims[3:] for o in outer}) == 1:
             # sum over uses of sum over t = one sum over the concatenated positions
+            fast = [o.weighted for o in outer]
+            weighted = (lambda s: sum(f(s) for f in fast)) if all(fast) else None
             return Outer(torch.cat([o.left for o in outer], 2),
-                         torch.cat([o.right for o in outer], 2))
+                         torch.cat([o.right for o in outer], 2), weighted)
     total = materialise(reps[0]).clone()
     for r in reps[1:]:
         total += materialise(r)

@@ -8,6 +8,7 @@ dilation and groups.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -15,39 +16,52 @@ from ._types import Outer, PerSample
 from .registry import register
 
 
-def _patches(module, x):
-    """(B, C_in * prod(kernel), L) patches of x as the layer convolves them (2-D layout)."""
+def _as_2d(module, x):
+    """(x, kernel, stride, dilation, padding) of the layer as a 2-D convolution.
+
+    Padding that is not a plain zero border (a string, or a non-zero padding mode) is applied
+    to x here, as the layer itself does before convolving, and the convolution then has none.
+    """
     one_d = isinstance(module, nn.Conv1d)
-    if one_d:
-        x = x.unsqueeze(2)
-        kernel, stride = (1, module.kernel_size[0]), (1, module.stride[0])
-        dilation = (1, module.dilation[0])
-    else:
-        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
     if module.padding_mode != "zeros" or isinstance(module.padding, str):
         pad = module._reversed_padding_repeated_twice
         if any(pad):
             mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-            if one_d:
-                x = F.pad(x.squeeze(2), pad, mode=mode).unsqueeze(2)
-            else:
-                x = F.pad(x, pad, mode=mode)
-        padding = (0, 0)
+            x = F.pad(x, pad, mode=mode)
+        padding = (0,) * (1 if one_d else 2)
     else:
-        padding = (0, module.padding[0]) if one_d else module.padding
-    return F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+        padding = module.padding
+    if one_d:
+        return (x.unsqueeze(2), (1, module.kernel_size[0]), (1, module.stride[0]),
+                (1, module.dilation[0]), (0, padding[0]))
+    return x, module.kernel_size, module.stride, module.dilation, padding
 
 
 def conv_rule(module, inputs, g):
     x = inputs[0]
+    if x.dim() != (3 if isinstance(module, nn.Conv1d) else 4):
+        raise ValueError(f"input without a batch dimension (shape {tuple(x.shape)})")
     b, groups = x.shape[0], module.groups
-    p = _patches(module, x)  # (B, C_in*k, L)
+    x2, kernel, stride, dilation, padding = _as_2d(module, x)
+    p = F.unfold(x2, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, n*G, T)
     length = p.shape[2]
-    right = p.view(b, groups, -1, length).transpose(2, 3)                      # (B, G, L, n)
-    left = g.reshape(b, groups, module.out_channels // groups, length).transpose(2, 3)  # (B, G, L, m)
-    out = {"weight": Outer(left, right)}
+    right = p.view(b, groups, -1, length).transpose(2, 3)                              # (B, G, T, n)
+    g2 = g.reshape(b, module.out_channels, length)
+    left = g2.view(b, groups, module.out_channels // groups, length).transpose(2, 3)  # (B, G, T, m)
+    weight = module.weight.detach()
+    g4 = g2.view(b, module.out_channels, 1 if isinstance(module, nn.Conv1d) else -1,
+                 g.shape[-1])
+
+    def weighted(s):
+        # the layer's own weight-gradient kernel, fed the scaled output gradient
+        w2 = weight.unsqueeze(2) if isinstance(module, nn.Conv1d) else weight
+        return torch.ops.aten.convolution_backward(
+            g4 * s.view(-1, 1, 1, 1), x2, w2, None, list(stride), list(padding),
+            list(dilation), False, [0, 0], groups, [False, True, False])[1]
+
+    out = {"weight": Outer(left, right, weighted)}
     if module.bias is not None:
-        out["bias"] = PerSample(g.reshape(b, module.out_channels, -1).sum(2))
+        out["bias"] = PerSample(g2.sum(2))
     return out
 
 
