@@ -163,11 +163,14 @@ void gaussian_noise_cpu(at::Tensor& out, int64_t seed, int64_t offset) {
 
 }  // namespace
 
+// seed and offset are SymInt in the schemas so that torch.compile can keep them symbolic (a new
+// offset every step must not recompile); the kernels still take int64_t: by the time a kernel
+// runs, every SymInt is a concrete integer.
 TORCH_LIBRARY(certunlearn, m) {
   m.def("noisy_step_(Tensor(a!) params, Tensor grads, Tensor? norms, float lr, "
         "float weight_decay, float clip, float noise_std, float radius, "
-        "bool noise_after_projection, int seed, int offset) -> Tensor");
-  m.def("gaussian_noise_(Tensor(a!) out, int seed, int offset) -> ()");
+        "bool noise_after_projection, SymInt seed, SymInt offset) -> Tensor");
+  m.def("gaussian_noise_(Tensor(a!) out, SymInt seed, SymInt offset) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(certunlearn, CPU, m) {

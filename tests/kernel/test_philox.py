@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import torch
 
-from certunlearn_train import _reference as R
+from tests.kernel import reference as R
 
 KAT = [  # (rounds, counter, key, expected)
     (10, (0x00000000, 0x00000000, 0x00000000, 0x00000000), (0x00000000, 0x00000000),

@@ -329,3 +329,27 @@ def test_gradient_source_takes_ghost_route_for_the_cnn():
     assert src.route == "ghost" and row.shape == (1, flat.numel) and src.rows is None
     _, mean_ref = explicit(model, flat.params, x, y, 0.05)
     torch.testing.assert_close(row[0].double(), mean_ref, rtol=2e-4, atol=1e-8)
+
+
+def test_rows_route_norms_feed_the_fused_step():
+    # the vmap route's producer norms (taken chunk by chunk) stand in for the op's own pass
+    from certunlearn_train import ops
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.PReLU(), nn.Linear(6, 3))
+    flat = FlatParameters(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src = GradientSource(model, flat, "per_sample", 0.5, F.cross_entropy, 9)
+    src.per_sample.chunk = 4  # several chunks
+    x, y = torch.randn(9, 5), torch.randint(0, 3, (9,))
+    rows = src(x, y)
+    kw = dict(lr=0.3, clip=0.5, noise_std=0.1, seed=3, offset=0)
+    a, b = flat.flat.clone(), flat.flat.clone()
+    own = ops.noisy_step_(a, rows, **kw)
+    given = ops.noisy_step_(b, rows, norms=src.norms, **kw)
+    torch.testing.assert_close(src.norms, own, rtol=1e-12, atol=0)
+    torch.testing.assert_close(given, own, rtol=1e-12, atol=0)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    c = flat.flat.clone()
+    ops.noisy_step_(c, rows, norms=own, **kw)
+    assert torch.equal(a, c)  # given the op's own norms, the step is the same bit for bit
