@@ -18,17 +18,33 @@ __all__ = ["FlatParameters", "PerSampleGradients", "GradientSource"]
 
 
 class FlatParameters:
-    """Rebind every (distinct) parameter of ``model`` to a view of one contiguous buffer.
+    """Rebind (distinct) parameters of ``model`` to views of one contiguous buffer.
+
+    ``params`` selects the parameters that take part (default: all); only they become views of
+    the buffer and get gradients. The others get ``requires_grad=False`` until :meth:`release`,
+    so a ``backward()`` leaves them alone and they stay bit-identical.
 
     Attributes:
         flat: the (d,) parameter buffer; writing into it changes the model.
-        grad: the (d,) gradient buffer; ``p.grad`` of every parameter is a view into it, so a
-            plain ``backward()`` accumulates the full gradient there.
+        grad: the (d,) gradient buffer; ``p.grad`` of every selected parameter is a view into
+            it, so a plain ``backward()`` accumulates their full gradient there.
         names, params, offsets, numels: the layout, in ``named_parameters()`` order.
+        others: the parameters left out.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, params=None):
         named = list(model.named_parameters())  # shared parameters are listed once
+        if params is not None:
+            wanted = {id(p) for p in params}
+            known = {id(p) for _, p in named}
+            if not wanted <= known:
+                raise ValueError("params must be parameters of the model")
+            self.others = [p for _, p in named if id(p) not in wanted]
+            named = [(n, p) for n, p in named if id(p) in wanted]
+        else:
+            self.others = []
+        if not named:
+            raise ValueError("FlatParameters needs at least one parameter")
         self.names: List[str] = [n for n, _ in named]
         self.params: List[nn.Parameter] = [p for _, p in named]
         self.numels = [p.numel() for p in self.params]
@@ -40,6 +56,9 @@ class FlatParameters:
         self.flat = torch.empty(self.numel, dtype=first.dtype, device=first.device)
         self.grad = torch.zeros_like(self.flat)
         self._requires_grad = [p.requires_grad for p in self.params]
+        self._others_requires_grad = [p.requires_grad for p in self.others]
+        for p in self.others:
+            p.requires_grad_(False)
         for p, o, n in zip(self.params, self.offsets, self.numels):
             self.flat[o:o + n].copy_(p.detach().reshape(-1))
             p.data = self.flat[o:o + n].view_as(p)
@@ -50,10 +69,13 @@ class FlatParameters:
         return [(o, o + n) for o, n in zip(self.offsets, self.numels)]
 
     def release(self) -> None:
-        """Give every parameter its own storage again and drop the gradient views."""
+        """Give every parameter its own storage again, drop the gradient views, restore the
+        ``requires_grad`` flags."""
         for p, rg in zip(self.params, self._requires_grad):
             p.data = p.data.clone()
             p.grad = None
+            p.requires_grad_(rg)
+        for p, rg in zip(self.others, self._others_requires_grad):
             p.requires_grad_(rg)
 
 

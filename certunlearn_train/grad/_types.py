@@ -20,10 +20,11 @@ Forms:
 * :class:`Rows`: ``G_i = sum_t e_{index[i, t]} values[i, t]^T`` for a (num_rows, n) table
   (Embedding): the norm sums, per sample, each distinct row's summed values.
 
-Rounding: the Gram route never forms G_i, so its float32 products are not the norm of any
+Rounding: the Gram route never forms G_i, so its rounded products are not the norm of any
 rounded G_i; it adds a bound on their rounding error (sum_t ||l_t|| ||r_t||)^2 * (gamma_m +
-gamma_n + 3u), so that its squared norm is never below the exact one. The other forms sum the
-float32 squares of the formed gradients in float64.
+gamma_n + 3u) (u the unit roundoff of the tensors' dtype, gamma_k = ku/(1-ku)), so that its
+squared norm is never below the exact one. The other forms sum the squares of the formed
+gradients in float64.
 """
 from __future__ import annotations
 
@@ -34,11 +35,13 @@ import torch
 
 __all__ = ["PerSample", "Outer", "Rows", "sq_norms", "weighted_sum", "combine", "materialise"]
 
-_U32 = 2.0 ** -24  # unit roundoff of float32
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """2^-24 for float32, 2^-53 for float64."""
+    return torch.finfo(dtype).eps / 2
 
 
-def _gamma(k: int) -> float:
-    return k * _U32 / (1.0 - k * _U32)
+def _gamma(k: int, u: float) -> float:
+    return k * u / (1.0 - k * u)
 
 
 @dataclass
@@ -122,10 +125,11 @@ def sq_norms(rep) -> torch.Tensor:
             gr = torch.matmul(rep.right, rep.right.transpose(2, 3))
             sq = (gl * gr).sum((1, 2, 3), dtype=f64)
             # ||l_t||^2 and ||r_t||^2 are the Gram diagonals (each within gamma of the truth)
-            nl = gl.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(m))
-            nr = gr.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(n))
+            u = unit_roundoff(rep.left.dtype)
+            nl = gl.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(m, u))
+            nr = gr.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(n, u))
             s = (nl * nr).sqrt().sum(2)  # (B, G): sum_t ||l_t|| ||r_t||
-            bound = (_gamma(m) + _gamma(n) + 3 * _U32) * 1.01 * s.square().sum(1)
+            bound = (_gamma(m, u) + _gamma(n, u) + 3 * u) * 1.01 * s.square().sum(1)
             return sq.clamp_min(0.0) + bound
         return materialise(rep).square().sum(1, dtype=f64)
     if isinstance(rep, Rows):

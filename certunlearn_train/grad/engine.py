@@ -211,7 +211,8 @@ class GhostClipping:
             sq = torch.zeros(b, dtype=torch.float64, device=out.device)
             for rep in combined.values():
                 sq += _types.sq_norms(rep)
-            sq *= 1.0 + 4 * 2.0 ** -24  # float32 squares are rounded: never under-estimate
+            # squares are rounded to the gradients' dtype: never under-estimate a norm
+            sq *= 1.0 + 4 * _types.unit_roundoff(out.dtype)
             self.last_sq_norms = sq
             scale = ((clip / sq.sqrt().clamp_min(1e-300)).clamp(max=1.0) / b).to(out.dtype)
             out.zero_()

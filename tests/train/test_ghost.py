@@ -4,7 +4,6 @@ The reference differentiates ``loss_fn(model(x[i:i+1]), y[i:i+1])`` of a float64
 model one sample at a time, so it forms every per-sample gradient; the ghost route never does.
 """
 import copy
-import types
 import warnings
 
 import pytest
@@ -197,23 +196,27 @@ def test_inplace_activation_after_a_layer():
 
 
 def test_parameters_outside_flat_get_no_work_and_no_norm():
-    # a flat view over a subset of the parameters (the private ones); the others are public
+    # FlatParameters over a subset (the private head); the public layers get no gradient work
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
-    private = [model[2].weight, model[2].bias]
-    numels = [p.numel() for p in private]
-    flat = types.SimpleNamespace(params=private, numels=numels, numel=sum(numels),
-                                 slices=lambda: [(0, numels[0]), (numels[0], sum(numels))])
-    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(12, 3))
+    private = [model[3].weight, model[3].bias]
+    x, y = torch.randn(6, 2, 4, 4), torch.randint(0, 3, (6,))
     sq_ref, mean_ref = explicit(model, private, x, y, 0.3)
-    sq, mean, _ = ghost(model, x, y, 0.3, flat=flat)
+    flat = FlatParameters(model, params=private)
+    try:
+        sq, mean, _ = ghost(model, x, y, 0.3, flat=flat)
+        assert all(p.grad is None for p in model[0].parameters())
+    finally:
+        flat.release()
     torch.testing.assert_close(sq, sq_ref, rtol=2e-4, atol=1e-10)
     torch.testing.assert_close(mean, mean_ref, rtol=2e-4, atol=1e-7)
     # a layer without a rule whose parameters are all public does not matter
     model = nn.Sequential(nn.Linear(5, 6), nn.PReLU(), nn.Linear(6, 3))
-    private = [model[2].weight, model[2].bias]
-    flat.params = private
-    assert G.uncovered_reason(model, flat) is None
+    flat = FlatParameters(model, params=[model[2].weight, model[2].bias])
+    try:
+        assert G.uncovered_reason(model, flat) is None
+    finally:
+        flat.release()
     assert G.uncovered_reason(model, FlatParameters(model)) is not None
 
 
