@@ -148,10 +148,10 @@ def weighted_sum(rep, s: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     if isinstance(rep, PerSample):
         return torch.matmul(s.unsqueeze(0), rep.flat(), out=out.unsqueeze(0))
     if isinstance(rep, Outer):
+        if rep._formed is not None:  # the norms formed G_i already: B x numel products
+            return torch.matmul(s.unsqueeze(0), materialise(rep), out=out.unsqueeze(0))
         if rep.weighted is not None:
             return out.copy_(rep.weighted(s).reshape(-1))
-        if rep._formed is not None:
-            return torch.matmul(s.unsqueeze(0), materialise(rep), out=out.unsqueeze(0))
         b, g, t, m, n = rep.dims
         sl = rep.left * s[:, None, None, None]
         if g == 1:
