@@ -356,3 +356,36 @@ def test_rows_route_norms_feed_the_fused_step():
     c = flat.flat.clone()
     ops.noisy_step_(c, rows, norms=own, **kw)
     assert torch.equal(a, c)  # given the op's own norms, the step is the same bit for bit
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["cnn", "tied", "conv1d_groups", "norms"])
+def test_ghost_route_on_cuda_matches_the_cpu_loop(kind):
+    torch.manual_seed(0)
+    if kind == "cnn":
+        from certunlearn_train.models import SmallCNN
+        model, x, y = SmallCNN(1, 8, 10), torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    elif kind == "tied":
+        model, x, y = Tied(), torch.randint(0, 5, (6, 4)), torch.randint(0, 5, (6,))
+    elif kind == "conv1d_groups":
+        x = torch.randn(5, 4, 9)
+        model = Head(nn.Sequential(nn.Conv1d(4, 4, 3, stride=2, dilation=2, groups=2,
+                                             padding_mode="reflect", padding=1),
+                                   nn.Tanh())).build(x)
+        y = torch.randint(0, 3, (5,))
+    else:
+        x = torch.randn(5, 4, 3, 2)
+        model = Head(nn.Sequential(nn.Conv2d(4, 4, 1), nn.GroupNorm(2, 4), nn.Tanh(),
+                                   nn.LayerNorm([3, 2]))).build(x)
+        y = torch.randint(0, 3, (5,))
+    sq_ref, _ = explicit(model, list(model.parameters()), x, y, float("inf"))
+    clip = float(sq_ref.sqrt().median())
+    _, mean_ref = explicit(model, list(model.parameters()), x, y, clip)
+    model = model.cuda()
+    flat = FlatParameters(model)
+    engine = G.GhostClipping(model, flat, F.cross_entropy)
+    out = torch.zeros(flat.numel, device="cuda")
+    engine.clipped_mean(out, x.cuda(), y.cuda(), clip)
+    torch.testing.assert_close(engine.last_sq_norms.cpu(), sq_ref, rtol=2e-4, atol=1e-10)
+    torch.testing.assert_close(out.double().cpu(), mean_ref, rtol=2e-4,
+                               atol=2e-4 * float(mean_ref.abs().max()))
