@@ -178,9 +178,14 @@ class GhostClipping:
                 if c.output.dim() == 0 or c.output.shape[0] != b:
                     raise NotCovered(f"a {type(c.module).__name__} call's output does not have "
                                      "the batch as its first dimension")
-            losses = per_sample_losses(self.loss_fn, logits, y)
-            if losses.shape != (b,):
+            try:
+                losses = per_sample_losses(self.loss_fn, logits, y)
+            except Exception as exc:  # noqa: BLE001 - a loss that does not work under vmap
+                raise NotCovered(f"loss_fn does not work one sample at a time under vmap "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
+            if losses.numel() != b:
                 raise NotCovered(f"loss_fn gave per-sample losses of shape {tuple(losses.shape)}")
+            losses = losses.reshape(b)
             pattern = tuple(id(c.module) for c in calls)
             if pattern != self._checked_pattern:
                 self._check_graph(calls, losses)

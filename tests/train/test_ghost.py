@@ -389,3 +389,15 @@ def test_ghost_route_on_cuda_matches_the_cpu_loop(kind):
     torch.testing.assert_close(engine.last_sq_norms.cpu(), sq_ref, rtol=2e-4, atol=1e-10)
     torch.testing.assert_close(out.double().cpu(), mean_ref, rtol=2e-4,
                                atol=2e-4 * float(mean_ref.abs().max()))
+
+
+def test_loss_that_fails_under_vmap_is_not_covered():
+    def loss_with_item(o, t):
+        return F.cross_entropy(o, t) * (1.0 if float(o.sum()) > -1e30 else 0.0)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3))
+    flat = FlatParameters(model)
+    with pytest.raises(G.NotCovered, match="vmap"):
+        G.GhostClipping(model, flat, loss_with_item).clipped_mean(
+            torch.zeros(flat.numel), torch.randn(4, 3), torch.randint(0, 3, (4,)), 1.0)
