@@ -93,10 +93,14 @@ def materialise(rep) -> torch.Tensor:
         return rep.flat()
     if isinstance(rep, Outer):
         if rep._formed is None:
+            b, g, t, m, n = rep.dims
+            _check_size(b * g * m * n, rep.left.element_size(), "forming per-sample gradients")
             rep._formed = torch.matmul(rep.left.transpose(2, 3), rep.right)
         return rep._formed.reshape(rep._formed.shape[0], -1)
     if isinstance(rep, Rows):
         b, t, n = rep.values.shape
+        _check_size(b * rep.num_rows * n, rep.values.element_size(),
+                    "forming per-sample embedding gradients")
         out = rep.values.new_zeros(b * rep.num_rows, n)
         rows = (torch.arange(b, device=rep.index.device)[:, None] * rep.num_rows
                 + rep.index).reshape(-1)
@@ -110,6 +114,31 @@ def _gram_is_cheaper(rep: Outer) -> bool:
     return t * t * (m + n) < t * m * n
 
 
+#: Bytes of temporaries (Gram matrices, formed per-sample blocks) one norm computation may hold
+#: at a time; larger batches are processed in chunks of samples.
+WORK_BYTES = 256 << 20
+
+
+def _check_size(numel: int, element_size: int, what: str) -> None:
+    if numel * element_size > 4 * WORK_BYTES:
+        from .engine import NotCovered
+        raise NotCovered(f"{what} would need {numel * element_size / 2 ** 30:.1f} GiB")
+
+
+def _gram_sq_norms(left, right, m, n):
+    f64 = torch.float64
+    gl = torch.matmul(left, left.transpose(2, 3))
+    gr = torch.matmul(right, right.transpose(2, 3))
+    sq = (gl * gr).sum((1, 2, 3), dtype=f64)
+    # ||l_t||^2 and ||r_t||^2 are the Gram diagonals (each within gamma of the truth)
+    u = unit_roundoff(left.dtype)
+    nl = gl.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(m, u))
+    nr = gr.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(n, u))
+    s = (nl * nr).sqrt().sum(2)  # (B, G): sum_t ||l_t|| ||r_t||
+    bound = (_gamma(m, u) + _gamma(n, u) + 3 * u) * 1.01 * s.square().sum(1)
+    return sq.clamp_min(0.0) + bound
+
+
 def sq_norms(rep) -> torch.Tensor:
     """(B,) float64 squared norms of the per-sample gradients (see the module docstring)."""
     f64 = torch.float64
@@ -120,18 +149,23 @@ def sq_norms(rep) -> torch.Tensor:
         if t == 1:
             return (rep.left.square().sum(3, dtype=f64)
                     * rep.right.square().sum(3, dtype=f64)).sum((1, 2))
-        if _gram_is_cheaper(rep):
-            gl = torch.matmul(rep.left, rep.left.transpose(2, 3))
-            gr = torch.matmul(rep.right, rep.right.transpose(2, 3))
-            sq = (gl * gr).sum((1, 2, 3), dtype=f64)
-            # ||l_t||^2 and ||r_t||^2 are the Gram diagonals (each within gamma of the truth)
-            u = unit_roundoff(rep.left.dtype)
-            nl = gl.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(m, u))
-            nr = gr.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(n, u))
-            s = (nl * nr).sqrt().sum(2)  # (B, G): sum_t ||l_t|| ||r_t||
-            bound = (_gamma(m, u) + _gamma(n, u) + 3 * u) * 1.01 * s.square().sum(1)
-            return sq.clamp_min(0.0) + bound
-        return materialise(rep).square().sum(1, dtype=f64)
+        # the (T, T) Gram matrices or the (m, n) blocks of a chunk of samples at a time, so
+        # the temporaries stay within WORK_BYTES; the blocks are kept for the weighted sum only
+        # when the whole batch fits at once
+        gram = _gram_is_cheaper(rep)
+        per_sample = g * (2 * t * t if gram else m * n) * rep.left.element_size()
+        chunk = max(1, WORK_BYTES // max(per_sample, 1))
+        if not gram and chunk >= b:
+            return materialise(rep).square().sum(1, dtype=f64)
+        parts = []
+        for i in range(0, b, chunk):
+            left, right = rep.left[i:i + chunk], rep.right[i:i + chunk]
+            if gram:
+                parts.append(_gram_sq_norms(left, right, m, n))
+            else:
+                blocks = torch.matmul(left.transpose(2, 3), right)
+                parts.append(blocks.reshape(len(blocks), -1).square().sum(1, dtype=f64))
+        return torch.cat(parts)
     if isinstance(rep, Rows):
         b, t, n = rep.values.shape
         keys = (torch.arange(b, device=rep.index.device)[:, None] * rep.num_rows
@@ -170,7 +204,14 @@ def weighted_sum(rep, s: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"unknown per-sample gradient form {type(rep).__name__}")
 
 
+def _batch(rep) -> int:
+    return (rep.grads if isinstance(rep, PerSample) else
+            rep.left if isinstance(rep, Outer) else rep.values).shape[0]
+
+
 def _rows_as_outer(rep: Rows) -> Outer:
+    _check_size(rep.index.numel() * rep.num_rows, rep.values.element_size(),
+                "one-hot rows of a shared embedding table")
     onehot = torch.nn.functional.one_hot(rep.index, rep.num_rows).to(rep.values.dtype)
     return Outer(onehot[:, None], rep.values[:, None])
 
@@ -190,6 +231,8 @@ def combine(reps: List, numel: int):
             weighted = (lambda s: sum(f(s) for f in fast)) if all(fast) else None
             return Outer(torch.cat([o.left for o in outer], 2),
                          torch.cat([o.right for o in outer], 2), weighted)
+    b = _batch(reps[0])
+    _check_size(b * numel, 4, "forming a shared parameter's per-sample gradients")
     total = materialise(reps[0]).clone()
     for r in reps[1:]:
         total += materialise(r)

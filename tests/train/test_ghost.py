@@ -401,3 +401,77 @@ def test_loss_that_fails_under_vmap_is_not_covered():
     with pytest.raises(G.NotCovered, match="vmap"):
         G.GhostClipping(model, flat, loss_with_item).clipped_mean(
             torch.zeros(flat.numel), torch.randn(4, 3), torch.randint(0, 3, (4,)), 1.0)
+
+
+class SharedScale(nn.Module):
+    """A LayerNorm whose weight is also used by a Scale layer (PerSample + PerSample), and a
+    Linear whose weight is also a registered layer's parameter (Outer + PerSample): combined by
+    forming the per-sample gradients."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(4)
+        self.scale = Scale(4)
+        self.scale.scale = self.norm.weight
+        self.lin = nn.Linear(4, 4)
+        self.mat = MatVec(self.lin.weight)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.scale(self.norm(x)))
+        return self.out(torch.tanh(self.lin(h)) + self.mat(h))
+
+
+class MatVec(nn.Module):
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x):
+        return x @ self.weight.t()
+
+
+def test_shared_parameters_across_forms_and_chunked_norms(monkeypatch):
+    def scale_rule(module, inputs, g):
+        x = inputs[0]
+        return {"scale": G.PerSample((g * x).reshape(len(x), -1, x.shape[-1]).sum(1))}
+
+    def matvec_rule(module, inputs, g):
+        x = inputs[0]
+        return {"weight": G.PerSample(torch.einsum("bo,bi->boi", g, x))}
+
+    torch.manual_seed(0)
+    model = SharedScale()
+    with torch.no_grad():
+        model.norm.weight.add_(torch.randn(4))
+    x, y = torch.randn(7, 4), torch.randint(0, 3, (7,))
+    G.register(Scale, scale_rule)
+    G.register(MatVec, matvec_rule)
+    try:
+        check(model, x, y)
+        # Gram and formed norms in chunks of two samples give the same answer
+        monkeypatch.setattr(G._types, "WORK_BYTES", 1)
+        torch.manual_seed(1)
+        seq = torch.randn(5, 6, 3)
+        for dout in (40, 2):  # Gram route, then the formed route
+            check(Head(nn.Sequential(nn.Linear(3, dout), nn.Tanh())).build(seq), seq,
+                  torch.randint(0, 3, (5,)))
+    finally:
+        G.registry._RULES.pop(Scale)
+        G.registry._RULES.pop(MatVec)
+
+
+def test_oversized_forms_fall_back_to_vmap(monkeypatch):
+    torch.manual_seed(0)
+    model = Tied()
+    flat = FlatParameters(model)
+    ids, y = torch.randint(0, 5, (4, 3)), torch.randint(0, 5, (4,))
+    monkeypatch.setattr(G._types, "WORK_BYTES", 8)
+    with pytest.raises(G.NotCovered, match="GiB"):
+        G.GhostClipping(model, flat, F.cross_entropy).clipped_mean(
+            torch.zeros(flat.numel), ids, y, 1.0)
+    G.engine._warned.clear()
+    src = GradientSource(model, flat, "per_sample", 0.5, F.cross_entropy, 4)
+    with pytest.warns(RuntimeWarning, match="GiB"):
+        rows = src(ids, y)
+    assert src.route == "rows" and rows.shape == (4, flat.numel)
