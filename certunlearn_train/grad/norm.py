@@ -16,7 +16,7 @@ def layer_norm_rule(module: nn.LayerNorm, inputs, g):
     x = inputs[0]
     shape = tuple(module.normalized_shape)
     xhat = F.layer_norm(x, shape, eps=module.eps)
-    b, k = x.shape[0], len(shape)
+    k = len(shape)
     lead = tuple(range(1, x.dim() - k))
     out = {}
     if module.weight is not None:
