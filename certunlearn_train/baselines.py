@@ -261,7 +261,7 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
             # times that average is lr/(q n) times the clipped sum, as DP-SGD prescribes
             lr_eff = lr * b / denom
             noisy_step_(flat.flat, grads, lr=lr_eff, clip=clip, noise_std=lr * z * clip / denom,
-                        seed=s, offset=o)
+                        seed=s, offset=o, norms=source.norms if b else None)
             if epoch_callback is not None and (t + 1) % per_pass == 0:
                 restore_modes(modes)
                 with torch.random.fork_rng(devices=cuda):

@@ -351,6 +351,7 @@ class DistributedGradients:
         self.every = check_every() if every is None else int(every)
         self.calls = 0
         self.out = torch.empty(flat.numel, dtype=flat.flat.dtype, device=flat.flat.device)
+        self.norms = None  # the one global row is clipped by the op itself (no row norms to hand)
 
     def probe(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.source.probe(x, y)

@@ -228,7 +228,8 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
         grads = source(x[idx], y[idx])
         seed, offset = noise.take(d)
         noisy_step_(flat.flat, grads, lr=lr, weight_decay=lam, clip=C1, noise_std=sigma,
-                    radius=radius, noise_after_projection=True, seed=seed, offset=offset)
+                    radius=radius, noise_after_projection=True, seed=seed, offset=offset,
+                    norms=source.norms)
     if not bool(torch.isfinite(flat.flat).all()):
         raise ValueError("the noisy phase produced non-finite weights; lower lr")
 

@@ -2,7 +2,7 @@
 // checked CPU entry points (the kernels are in noisy_step_cpu.cpp, the CUDA ones in cuda/).
 //
 // One call is one step of noisy, clipped, projected SGD on a flat float32 parameter vector x (d,)
-// from per-sample gradients G (B, d) (semantics: certunlearn_train/_reference.py):
+// from per-sample gradients G (B, d) (semantics: tests/kernel/reference.py):
 //   s_i = min(1, clip / ||G_i||),  u = (1 - lr wd) x - (lr / B) sum_i s_i G_i,
 //   x' = P(u) + std z  or  x' = P(u + std z),  P = projection onto radius (1 - 2^-20) * radius.
 // Nothing is written to params before every value check has passed.
@@ -161,18 +161,47 @@ void gaussian_noise_cpu(at::Tensor& out, int64_t seed, int64_t offset) {
                     static_cast<uint64_t>(seed), offset);
 }
 
+// The CPU noise path's Philox rounds on arbitrary counters: exposes the raw 32-bit output words
+// so the vectorized rounds can be checked against Random123's known-answer vectors directly.
+at::Tensor philox4x32_raw_cpu(const at::Tensor& counters, int64_t key0, int64_t key1,
+                              int64_t rounds) {
+  TORCH_CHECK_VALUE(counters.scalar_type() == at::kLong && counters.dim() == 2 &&
+                        counters.size(1) == 4 && counters.is_contiguous(),
+                    "_philox4x32_raw: counters must be a contiguous (n, 4) int64 tensor");
+  TORCH_CHECK_VALUE(counters.device().is_cpu(), "_philox4x32_raw: counters must be on the CPU");
+  const int64_t* words = counters.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < counters.numel(); ++i) {
+    TORCH_CHECK_VALUE(words[i] >= 0 && words[i] <= 0xffffffffLL,
+                      "_philox4x32_raw: counter words must be in [0, 2^32), got ", words[i]);
+  }
+  TORCH_CHECK_VALUE(key0 >= 0 && key0 <= 0xffffffffLL && key1 >= 0 && key1 <= 0xffffffffLL,
+                    "_philox4x32_raw: key words must be in [0, 2^32), got ", key0, ", ", key1);
+  TORCH_CHECK_VALUE(rounds >= 1 && rounds <= 16, "_philox4x32_raw: rounds must be in [1, 16], got ",
+                    rounds);
+  at::Tensor out = at::empty({counters.size(0), 4}, counters.options());
+  philox4x32_soa_cpu(counters.const_data_ptr<int64_t>(), counters.size(0),
+                     static_cast<uint32_t>(key0), static_cast<uint32_t>(key1),
+                     static_cast<int>(rounds), out.mutable_data_ptr<int64_t>());
+  return out;
+}
+
 }  // namespace
 
+// seed and offset are SymInt in the schemas so that torch.compile can keep them symbolic (a new
+// offset every step must not recompile); the kernels still take int64_t: by the time a kernel
+// runs, every SymInt is a concrete integer.
 TORCH_LIBRARY(certunlearn, m) {
   m.def("noisy_step_(Tensor(a!) params, Tensor grads, Tensor? norms, float lr, "
         "float weight_decay, float clip, float noise_std, float radius, "
-        "bool noise_after_projection, int seed, int offset) -> Tensor");
-  m.def("gaussian_noise_(Tensor(a!) out, int seed, int offset) -> ()");
+        "bool noise_after_projection, SymInt seed, SymInt offset) -> Tensor");
+  m.def("gaussian_noise_(Tensor(a!) out, SymInt seed, SymInt offset) -> ()");
+  m.def("_philox4x32_raw(Tensor counters, int key0, int key1, int rounds=10) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(certunlearn, CPU, m) {
   m.impl("noisy_step_", &noisy_step_cpu);
   m.impl("gaussian_noise_", &gaussian_noise_cpu);
+  m.impl("_philox4x32_raw", &philox4x32_raw_cpu);
 }
 
 }  // namespace certunlearn

@@ -11,7 +11,7 @@
 namespace certunlearn {
 
 // Relative shrink of the projection radius so that the float32 result lies inside the ball
-// (certunlearn_train/_reference.py: PROJECTION_SLACK).
+// (certunlearn_train/ops.py: PROJECTION_SLACK).
 constexpr double kProjectionSlack = 0x1p-20;
 
 // Validates everything that does not need the tensors' values (shapes, dtypes, devices,

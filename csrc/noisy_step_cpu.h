@@ -24,4 +24,9 @@ StepOutcome run_step_cpu(float* x, const float* G, int64_t B, int64_t d, double*
 // out[i] = z_i for i < n (float or double), the standard normals of (seed, offset).
 void fill_gaussian_cpu(void* out, bool is_double, int64_t n, uint64_t seed, int64_t offset);
 
+// The raw Philox4x32-R output words of n counters (n x 4 words, each in [0, 2^32), as int64),
+// from the same structure-of-arrays rounds fill_gaussian_cpu uses (for known-answer tests).
+void philox4x32_soa_cpu(const int64_t* counters, int64_t n, uint32_t k0, uint32_t k1, int rounds,
+                        int64_t* out);
+
 }  // namespace certunlearn

@@ -1,17 +1,25 @@
 // Philox4x32-10 counter-based generator and the Box-Muller transform used by the noisy step.
 //
-// Shared by the CPU kernel (noisy_step.cpp) and the CUDA kernels (cuda/noisy_step_kernels.cu), so
-// one (seed, offset) gives the same noise on both devices. No torch headers: this file must compile
-// under plain nvcc.
+// Who uses what (and so what is shared):
+//   * the CUDA kernels (cuda/noisy_step_kernels.cu) call gaussian_pair below: these rounds and
+//     this box_muller (device log and sincospi);
+//   * the CPU noise path (noisy_step_cpu.cpp) shares only the constants and the counter/key
+//     layout below: it runs its own structure-of-arrays copy of the rounds (philox_rounds_soa,
+//     vectorized) and its own polynomial log/sin/cos, so CPU and CUDA noise agree to double
+//     rounding, not bit for bit;
+//   * the tests compile this header alone (tests/kernel/test_philox.py).
+// Both copies of the rounds are checked against Random123's tests/kat_vectors (Philox4x32-10:
+// counter 0 / key 0, counter all-ones / key all-ones, counter and key pi digits; and the
+// 7-round pi-digits line): this one by that compiled program, the CPU one through the
+// _philox4x32_raw op. No torch headers: this file must compile under plain nvcc.
 //
-// Generator: Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3" (SC'11),
-// Philox-4x32 with 10 rounds; verified against Random123's tests/kat_vectors in tests/kernel.
+// Generator: Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3" (SC'11).
 //
-// Counter layout (also documented in certunlearn_train/_reference.py): a draw at counter `offset`
-// with 64-bit `seed` uses key (seed mod 2^32, seed >> 32). Normal number i of the draw comes from
-// counter block offset + i / 2 = (lo32, hi32, 0, 0). A block's four output words w0..w3 give two
-// 53-bit integers a = ((w0 << 21) ^ (w1 >> 11)) mod 2^53 and b = ((w2 << 21) ^ (w3 >> 11)) mod 2^53,
-// u1 = (a + 1) 2^-53 in (0, 1], u2 = b 2^-53 in [0, 1), and
+// Counter layout (also in docs/kernel.md and tests/kernel/reference.py): a draw at counter
+// `offset` with 64-bit `seed` uses key (seed mod 2^32, seed >> 32). Normal number i of the draw
+// comes from counter block offset + i / 2 = (lo32, hi32, 0, 0). A block's four output words
+// w0..w3 give two 53-bit integers a = ((w0 << 21) ^ (w1 >> 11)) mod 2^53 and
+// b = ((w2 << 21) ^ (w3 >> 11)) mod 2^53, u1 = (a + 1) 2^-53 in (0, 1], u2 = b 2^-53 in [0, 1), and
 //   z[2k] = sqrt(-2 ln u1) cos(2 pi u2),   z[2k+1] = sqrt(-2 ln u1) sin(2 pi u2),
 // evaluated in double. The 53-bit u1 keeps the tail exact out to |z| = 8.57 (mass ~1e-17 beyond).
 #pragma once

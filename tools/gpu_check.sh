@@ -2,8 +2,10 @@
 # One-shot check of the CUDA noisy-step op on a GPU machine (one NVIDIA GPU, nvcc, a CUDA build of
 # torch on `python3` with pytest, hypothesis, scipy, numpy, setuptools, ninja; no internet).
 #
-#   tools/gpu_check.sh            build with CUDA, run tests/kernel (CUDA tests included), then the
-#                                 CUDA benchmark (with the card's copy bandwidth) and quick CPU rows
+#   tools/gpu_check.sh            build with CUDA, run tests/kernel (CUDA tests included) and the
+#                                 ghost-norm CUDA tests, then the CUDA benchmarks (the op with the
+#                                 card's copy bandwidth; per-sample steps against a plain step and
+#                                 Opacus when installed) and quick CPU rows
 #   GPU_CHECK_DRY_RUN=1 tools/gpu_check.sh   no GPU needed: CPU-only build, tests and tiny benchmark,
 #                                 to exercise this script's logic
 #
@@ -79,6 +81,8 @@ if [ "$DRY" != 1 ] && grep -q "needs a CUDA device" "$OUT/pytest.log"; then
   echo "gpu_check.sh: CUDA tests were skipped on a GPU machine"; failed+=("cuda-tests-skipped")
 fi
 stage pytest_bad_inputs 100 "$PY" -m pytest "$BAD" -q -p no:cacheprovider -rs
+# the ghost-norm per-sample route on the GPU against the explicit CPU loop
+stage ghost_cuda 100 "$PY" -m pytest tests/train/test_ghost.py -q -p no:cacheprovider -rs -k cuda
 stage error_probe 100 "$PY" - <<'PROBE'
 import os, subprocess, sys
 import torch
@@ -108,6 +112,10 @@ PROBE
 if [ "$DRY" != 1 ]; then
   stage bench_cuda 150 "$PY" benchmarks/bench_step.py --device cuda --sizes "$bench_sizes" \
     --repeats 20 --skip compile,compile-full
+fi
+if [ "$DRY" != 1 ]; then
+  stage bench_unlearn_cuda 150 "$PY" benchmarks/bench_unlearn.py --device cuda --batch 256 \
+    --repeats 10 --rounds 2
 fi
 stage bench_cpu 90 "$PY" benchmarks/bench_step.py --device cpu --sizes "$cpu_sizes" --repeats 3 \
   --skip compile,compile-full,reference

@@ -1,4 +1,4 @@
-// CUDA kernels of the fused noisy step (semantics: certunlearn_train/_reference.py). Plain CUDA,
+// CUDA kernels of the fused noisy step (semantics: tests/kernel/reference.py). Plain CUDA,
 // no torch headers; the torch binding is noisy_step_binding.cpp.
 //
 // Passes, all on the caller's stream:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import stats
 
-from certunlearn_train import _reference as R
+from tests.kernel import reference as R
 from certunlearn_train import ops
 
 from .helpers import DEVICES

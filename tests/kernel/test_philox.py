@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import torch
 
-from certunlearn_train import _reference as R
+from tests.kernel import reference as R
 
 KAT = [  # (rounds, counter, key, expected)
     (10, (0x00000000, 0x00000000, 0x00000000, 0x00000000), (0x00000000, 0x00000000),
@@ -104,3 +104,46 @@ def test_box_muller_extremes():
     # a = 0x7ff >> 11 = 0 from w1's low bits only (they are dropped); b = 2^51 -> angle pi/2.
     z0, z1 = t(0, 0x7ff, 0x40000000, 0)
     assert z1 == pytest.approx(math.sqrt(2 * 53 * math.log(2)), rel=1e-15) and abs(z0) < 1e-14
+
+
+def _raw(counters, key, rounds=10):
+    c = torch.tensor(counters, dtype=torch.int64).reshape(-1, 4)
+    out = torch.ops.certunlearn._philox4x32_raw(c, int(key[0]), int(key[1]), rounds)
+    return [tuple(int(w) for w in row) for row in out]
+
+
+@pytest.mark.parametrize("rounds,counter,key,expected", KAT, ids=IDS)
+def test_vectorized_cpu_philox_known_answers(rounds, counter, key, expected):
+    """The structure-of-arrays rounds the CPU noise path runs (csrc/noisy_step_cpu.cpp), on the
+    Random123 vectors, alone and as lane 0, 1 and the last lane of a full 256-lane batch with
+    other counters around it (no cross-talk between lanes), and past one batch (lane 256)."""
+    assert _raw([counter], key, rounds) == [expected]
+    filler = [((3 * k) & 0xffffffff, k, 7 * k, 0) for k in range(300)]
+    for lane in (0, 1, 255, 256):
+        batch = filler[:lane] + [counter] + filler[lane + 1:]
+        out = _raw(batch, key, rounds)
+        assert out[lane] == expected
+        # the filler lanes agree with the pure-PyTorch reference (independent implementation)
+        ref = R.philox4x32(tuple(torch.tensor([c[i] for c in batch]) for i in range(4)), key,
+                           rounds=rounds)
+        assert out == [tuple(int(w[j]) for w in ref) for j in range(len(batch))]
+
+
+def test_cpu_noise_first_values_from_the_zero_vector():
+    """gaussian_noise(seed=0, offset=0) starts with counter block 0 under key 0: the Box-Muller
+    pair of the all-zero known-answer vector, computed here with Python's math (libm)."""
+    w0, w1, w2, w3 = KAT[0][3]
+    a = ((w0 << 21) ^ (w1 >> 11)) & ((1 << 53) - 1)
+    b = ((w2 << 21) ^ (w3 >> 11)) & ((1 << 53) - 1)
+    r = math.sqrt(-2.0 * math.log((a + 1) * 2.0 ** -53))
+    theta = 2.0 * math.pi * b * 2.0 ** -53
+    from certunlearn_train import ops
+    z = ops.gaussian_noise(2, 0, 0, dtype=torch.float64).tolist()
+    assert z == pytest.approx([r * math.cos(theta), r * math.sin(theta)], rel=1e-14, abs=1e-15)
+
+
+def test_raw_philox_op_refuses_bad_words():
+    with pytest.raises(ValueError, match=r"\[0, 2\^32\)"):
+        _raw([(0, 0, 0, 2 ** 32)], (0, 0))
+    with pytest.raises(ValueError, match="key"):
+        _raw([(0, 0, 0, 0)], (2 ** 32, 0))

@@ -139,19 +139,19 @@ def test_shared_parameters_appear_once():
     assert flat.numel == 12
 
 
-def test_linear_route_is_used_for_mlp_and_not_for_cnn():
+def test_ghost_route_is_used_for_mlp_and_cnn():
     from certunlearn_train._flat import GradientSource
     models = _models()
     x, y = _data()
-    for arch, expected in (("mlp", True), ("cnn", False)):
+    for arch in ("mlp", "cnn"):
         model = models[arch]
         src = GradientSource(model, FlatParameters(model), "per_sample", 0.3, F.cross_entropy, 8)
         src(x[:8], y[:8])
-        assert (src.linear is not None) == expected
-        assert (src.rows is None) == expected  # no (B, d) buffer on the nn.Linear route
+        assert src.route == "ghost" and src.ghost is not None
+        assert src.rows is None  # no (B, d) buffer on the ghost route
 
 
-def test_linear_route_falls_back_when_a_layer_is_called_twice():
+def test_layer_called_twice_gives_the_exact_clipped_mean():
     from certunlearn_train._flat import GradientSource
     torch.manual_seed(0)
     lin = torch.nn.Linear(4, 4)
@@ -159,14 +159,15 @@ def test_linear_route_falls_back_when_a_layer_is_called_twice():
     x, y = torch.randn(6, 4), torch.randint(0, 4, (6,))
     flat = FlatParameters(model)
     src = GradientSource(model, flat, "per_sample", 0.5, F.cross_entropy, 6)
-    rows = src(x, y)
-    assert src.linear is None and rows.shape == (6, flat.numel)
-    expected = []
+    row = src(x, y)
+    assert src.route == "ghost" and row.shape == (1, flat.numel)
+    expected = 0
     for i in range(6):
         g = torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]),
                                 list(model.parameters()))
-        expected.append(torch.cat([t.reshape(-1) for t in g]))
-    torch.testing.assert_close(rows, torch.stack(expected), rtol=1e-5, atol=1e-6)
+        g = torch.cat([t.reshape(-1) for t in g])
+        expected = expected + g * min(1.0, 0.5 / float(g.norm())) / 6
+    torch.testing.assert_close(row[0], expected, rtol=1e-5, atol=1e-6)
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -3,8 +3,9 @@
 The reference (``routes_helpers.explicit_clipped_mean``) loops over the samples in float64 with
 plain autograd, so a shared weight's per-sample gradient is the sum over its uses. The routes:
 the (B, d) rows of per-sample gradients (clipped here, as the fused op does), the chunked clipped
-mean (one chunk and chunks of two samples), the ``nn.Linear`` fast path where it applies (and its
-fallback where it does not), and, without clipping, the plain mini-batch gradient.
+mean (one chunk and chunks of two samples), the ghost-norm route (``certunlearn_train.grad``)
+where it applies (and its fallback where it does not), and, without clipping, the plain
+mini-batch gradient.
 """
 import copy
 import math
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from certunlearn_train._flat import FlatParameters, GradientSource, LinearPerSampleClipping
+from certunlearn_train._flat import FlatParameters, GradientSource
 
 from ..hypothesis_budget import examples
 from .routes_helpers import (architectures, build_case, explicit_clipped_mean,
@@ -31,7 +32,7 @@ def _clip_rows_mean(rows: torch.Tensor, C1: float) -> torch.Tensor:
 
 def route_outputs(case, C1):
     """{route name: (d,) float64 result} for every route GradientSource can take on ``case``,
-    and whether the nn.Linear fast path was actually used."""
+    and whether the ghost-norm route was actually used."""
     out = {}
     used_linear = False
     configs = {
@@ -90,12 +91,12 @@ def test_unclipped_routes_and_batch_gradient_equal_the_mean_gradient(case):
 
 
 @pytest.mark.parametrize("kind, linear", [
-    ("linear_stack", True),     # the fast path is exercised, not merely allowed
-    ("tied", False),            # one weight owned by two modules
-    ("called_twice", False),    # one module called twice
-    ("weight_reused", False),   # a Linear's weight also used outside the module
-    ("conv", False),
-    ("embedding", False),
+    ("linear_stack", True),     # the ghost route is exercised, not merely allowed
+    ("tied", True),             # one weight owned by two modules: cross terms in the norm
+    ("called_twice", True),     # one module called twice: likewise
+    ("weight_reused", False),   # a Linear's weight also used outside the module: fallback
+    ("conv", True),
+    ("embedding", True),
 ])
 def test_linear_fast_path_only_where_it_is_exact(kind, linear):
     case = build_case(kind, "cross_entropy", batch=6, width=5, depth=2, seed=3)
@@ -107,19 +108,15 @@ def test_linear_fast_path_only_where_it_is_exact(kind, linear):
 
 
 def test_tied_linear_regression():
-    """Two nn.Linear sharing one weight used to take the fast path, which wrote each use's
-    gradient into the same slot (the second overwrote the first) and computed the norms as if
-    the uses were separate parameters: relative error 0.1-0.3 in float32."""
+    """Two nn.Linear sharing one weight used to take the old nn.Linear fast path, which wrote
+    each use's gradient into the same slot (the second overwrote the first) and computed the
+    norms as if the uses were separate parameters: relative error 0.1-0.3 in float32. The ghost
+    route combines the uses of the weight (cross terms included)."""
     case = build_case("tied", "cross_entropy", batch=8, width=6, seed=0, dtype=torch.float32)
     C1 = float(norm_quantiles(case.model, case.x, case.y, case.loss_fn)[4])
-    flat = FlatParameters(case.model)
-    try:
-        assert not LinearPerSampleClipping.applies(case.model, flat, F.cross_entropy)
-    finally:
-        flat.release()
     expected = explicit_clipped_mean(case.model, case.x, case.y, case.loss_fn, C1)
     got, used = route_outputs(case, C1)
-    assert not used
+    assert used
     err = float((got["linear_or_fallback"] - expected).norm() / expected.norm())
     assert err < 1e-5
 
@@ -139,7 +136,7 @@ def test_reference_sums_a_shared_weight_over_its_uses():
     torch.testing.assert_close(row, expected.reshape(-1))
 
 
-def test_linear_layer_whose_output_is_unused_falls_back():
+def test_linear_layer_whose_output_is_unused():
     class Dead(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -158,7 +155,7 @@ def test_linear_layer_whose_output_is_unused_falls_back():
     try:
         src = GradientSource(model, flat, "per_sample", 0.5, F.cross_entropy, 5, 0)
         got = src(x, y)[0].double().clone()
-        assert src.linear is None
+        assert src.route == "ghost"  # the unused layer gets a zero gradient, no fallback needed
     finally:
         flat.release()
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)

@@ -1,7 +1,8 @@
 """Pure-PyTorch reference of the fused noisy step and of its noise generator.
 
 This module defines the semantics that the C++/CUDA op in ``csrc/`` implements; the op is tested
-against it, and ``certunlearn_train.ops`` falls back to it (loudly) when the extension is missing.
+against it. It lives with the tests: the package itself needs the compiled extension (argument
+checks and the counter helpers are shared with :mod:`certunlearn_train.ops`).
 
 One step, in place on the flat float32 parameter vector ``x`` (d,), from per-sample gradients
 ``G`` (B, d)::
@@ -40,6 +41,10 @@ import math
 
 import torch
 
+from certunlearn_train.ops import (MAX_OFFSET, PROJECTION_SLACK, _check_draw,  # noqa: F401
+                                   blocks_for, check_step_arguments, seed_from_int64,
+                                   seed_to_int64)
+
 __all__ = [
     "PHILOX_M0", "PHILOX_M1", "PHILOX_W0", "PHILOX_W1", "PROJECTION_SLACK", "MAX_OFFSET",
     "philox4x32", "box_muller", "gaussian_noise_reference", "noisy_step_reference", "check_step_arguments",
@@ -51,27 +56,6 @@ PHILOX_M1 = 0xCD9E8D57
 PHILOX_W0 = 0x9E3779B9
 PHILOX_W1 = 0xBB67AE85
 _MASK32 = 0xFFFFFFFF
-
-#: Relative shrink of the projection radius that keeps the float32 result inside the ball.
-PROJECTION_SLACK = 2.0 ** -20
-#: Largest counter block index (exclusive) a draw may reach: offsets live in [0, 2^63).
-MAX_OFFSET = 2 ** 63
-
-
-def blocks_for(numel: int) -> int:
-    """Number of Philox counter blocks a draw of ``numel`` normals uses: ``ceil(numel / 2)``."""
-    return (int(numel) + 1) // 2
-
-
-def seed_to_int64(seed: int) -> int:
-    """Map a seed in [0, 2^64) to the signed int64 with the same bits (the op's ``int`` argument)."""
-    return seed - 2 ** 64 if seed >= 2 ** 63 else seed
-
-
-def seed_from_int64(seed: int) -> int:
-    """Inverse of :func:`seed_to_int64`: a signed int64 to the unsigned 64-bit seed."""
-    return seed + 2 ** 64 if seed < 0 else seed
-
 
 def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(hi, lo) 32-bit halves of the 64-bit product ``a * m`` for uint32 values held in int64.
@@ -152,84 +136,6 @@ def box_muller(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     r = torch.sqrt(-2.0 * torch.log(u1))
     theta = (2.0 * math.pi) * u2
     return r * torch.cos(theta), r * torch.sin(theta)
-
-
-def _check_draw(numel, seed, offset) -> tuple[int, int, int]:
-    for name, value in (("numel", numel), ("seed", seed), ("offset", offset)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if numel < 0:
-        raise ValueError(f"numel must be >= 0, got {numel}")
-    if not -2 ** 63 <= seed < 2 ** 64:
-        raise ValueError(f"seed must be in [0, 2^64) (or a signed int64), got {seed}")
-    seed = seed_from_int64(seed)
-    if offset < 0 or offset + blocks_for(numel) > MAX_OFFSET:
-        raise ValueError(
-            f"offset must satisfy 0 <= offset and offset + ceil(numel/2) <= 2^63 (counter blocks "
-            f"are never reused), got offset={offset}, numel={numel}")
-    return numel, seed, offset
-
-
-def _check_scalar(name: str, value, *, allow_inf: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"noisy_step_: {name} must be a real number, got {value!r}")
-    value = float(value)
-    if math.isnan(value) or value < 0 or (math.isinf(value) and not allow_inf):
-        what = "a non-negative number (inf allowed)" if allow_inf else "a finite non-negative number"
-        raise ValueError(f"noisy_step_: {name} must be {what}, got {value}")
-    return value
-
-
-def check_step_arguments(params, grads, norms, *, lr, weight_decay, clip, noise_std, radius,
-                         seed, offset) -> None:
-    """Validate everything that can be checked without reading the tensors' values.
-
-    Raises:
-        ValueError: naming the argument, the constraint and the value received.
-    """
-    if not isinstance(params, torch.Tensor) or not isinstance(grads, torch.Tensor):
-        raise ValueError(f"noisy_step_: params and grads must be tensors, got "
-                         f"{type(params).__name__} and {type(grads).__name__}")
-    if params.dtype != torch.float32:
-        raise ValueError(f"noisy_step_: params must be float32, got {params.dtype}")
-    if grads.dtype != torch.float32:
-        raise ValueError(f"noisy_step_: grads must be float32 (same dtype as params), got {grads.dtype}")
-    if params.dim() != 1 or params.numel() == 0:
-        raise ValueError(f"noisy_step_: params must be a non-empty 1-D tensor (d,), got shape "
-                         f"{tuple(params.shape)}")
-    d = params.numel()
-    if grads.dim() != 2 or grads.shape[1] != d:
-        raise ValueError(f"noisy_step_: grads must have shape (B, d) with d = params.numel() = {d}, "
-                         f"got {tuple(grads.shape)}")
-    if grads.shape[0] == 0:
-        raise ValueError(f"noisy_step_: grads must have B >= 1 rows, got shape {tuple(grads.shape)}")
-    if grads.device != params.device:
-        raise ValueError(f"noisy_step_: grads must be on params' device {params.device}, got "
-                         f"{grads.device}")
-    if not params.is_contiguous():
-        raise ValueError(f"noisy_step_: params must be contiguous, got strides {params.stride()}")
-    if not grads.is_contiguous():
-        raise ValueError(f"noisy_step_: grads must be contiguous, got strides {grads.stride()}")
-    if norms is not None:
-        if not isinstance(norms, torch.Tensor):
-            raise ValueError(f"noisy_step_: norms must be a tensor or None, got {type(norms).__name__}")
-        if norms.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"noisy_step_: norms must be float32 or float64, got {norms.dtype}")
-        if norms.shape != (grads.shape[0],):
-            raise ValueError(f"noisy_step_: norms must have shape (B,) = ({grads.shape[0]},), got "
-                             f"{tuple(norms.shape)}")
-        if norms.device != params.device:
-            raise ValueError(f"noisy_step_: norms must be on params' device {params.device}, got "
-                             f"{norms.device}")
-    _check_scalar("lr", lr, allow_inf=False)
-    _check_scalar("weight_decay", weight_decay, allow_inf=False)
-    _check_scalar("clip", clip, allow_inf=True)
-    _check_scalar("noise_std", noise_std, allow_inf=False)
-    _check_scalar("radius", radius, allow_inf=True)
-    try:
-        _check_draw(d, seed, offset)
-    except ValueError as exc:
-        raise ValueError(f"noisy_step_: {exc}") from None
 
 
 @torch.no_grad()

@@ -1,0 +1,239 @@
+"""What a layer rule returns: one sample-indexed form of each parameter's per-sample gradient.
+
+A rule never has to form the (B, numel) per-sample gradients; it returns one of three forms,
+and this module computes from any of them the two things a clipped step needs:
+
+* ``sq_norms(rep)``: the (B,) squared norms ||G_i||^2, float64;
+* ``weighted_sum(rep, s)``: sum_i s_i G_i, the clipped sum once ``s_i = min(1, C/||G_i||)``;
+
+and, for a parameter used several times (shared), ``combine`` turns the uses into one form whose
+per-sample gradient is the sum over uses, so the cross terms between uses are in the norm.
+
+Forms:
+
+* :class:`PerSample`: the per-sample gradients themselves, (B, *shape) (cheap layers: biases,
+  norm affine parameters);
+* :class:`Outer`: ``G_i = sum_t left[i, :, t]^T right[i, :, t]`` per group, the parameter laid
+  out as (groups, m, n) (Linear, convolutions after unfolding). Its squared norm is
+  ``sum_{t,s} (l_t . l_s)(r_t . r_s)`` (the Gram-matrix "ghost norm"), or, when forming the
+  (m, n) per-sample matrices is cheaper, their squared norms;
+* :class:`Rows`: ``G_i = sum_t e_{index[i, t]} values[i, t]^T`` for a (num_rows, n) table
+  (Embedding): the norm sums, per sample, each distinct row's summed values.
+
+Rounding: the Gram route never forms G_i, so its rounded products are not the norm of any
+rounded G_i; it adds a bound on their rounding error (sum_t ||l_t|| ||r_t||)^2 * (gamma_m +
+gamma_n + 3u) (u the unit roundoff of the tensors' dtype, gamma_k = ku/(1-ku)), so that its
+squared norm is never below the exact one. The other forms sum the squares of the formed
+gradients in float64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import torch
+
+__all__ = ["PerSample", "Outer", "Rows", "sq_norms", "weighted_sum", "combine", "materialise"]
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """2^-24 for float32, 2^-53 for float64."""
+    return torch.finfo(dtype).eps / 2
+
+
+def _gamma(k: int, u: float) -> float:
+    return k * u / (1.0 - k * u)
+
+
+@dataclass
+class PerSample:
+    """Per-sample gradients, ``grads[i]`` = sample i's gradient (any shape after the batch dim)."""
+    grads: torch.Tensor
+
+    def flat(self) -> torch.Tensor:
+        return self.grads.reshape(self.grads.shape[0], -1)
+
+
+@dataclass
+class Outer:
+    """``G_i[g] = sum_t left[i, g, t]^T right[i, g, t]``; left (B, G, T, m), right (B, G, T, n)."""
+    left: torch.Tensor
+    right: torch.Tensor
+    #: optional faster ``s -> sum_i s_i G_i`` (shaped like the parameter), e.g. the layer's own
+    #: weight-gradient kernel fed with the scaled output gradient
+    weighted: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    _formed: Optional[torch.Tensor] = None  # (B, G, m, n) when the norm route formed them
+
+    def __post_init__(self):
+        if self.left.dim() != 4 or self.right.dim() != 4 or \
+                self.left.shape[:3] != self.right.shape[:3]:
+            raise ValueError(f"Outer: left (B, G, T, m) and right (B, G, T, n) must agree on "
+                             f"(B, G, T), got {tuple(self.left.shape)} and "
+                             f"{tuple(self.right.shape)}")
+
+    @property
+    def dims(self):
+        b, g, t, m = self.left.shape
+        return b, g, t, m, self.right.shape[3]
+
+
+@dataclass
+class Rows:
+    """``G_i = sum_t e_{index[i, t]} values[i, t]^T`` in a (num_rows, n) table.
+
+    index (B, T) int64 with entries in [0, num_rows); values (B, T, n).
+    """
+    index: torch.Tensor
+    values: torch.Tensor
+    num_rows: int
+
+
+def materialise(rep) -> torch.Tensor:
+    """The (B, numel) per-sample gradients of any form."""
+    if isinstance(rep, PerSample):
+        return rep.flat()
+    if isinstance(rep, Outer):
+        if rep._formed is None:
+            b, g, t, m, n = rep.dims
+            _check_size(b * g * m * n, rep.left.element_size(), "forming per-sample gradients")
+            rep._formed = torch.matmul(rep.left.transpose(2, 3), rep.right)
+        return rep._formed.reshape(rep._formed.shape[0], -1)
+    if isinstance(rep, Rows):
+        b, t, n = rep.values.shape
+        _check_size(b * rep.num_rows * n, rep.values.element_size(),
+                    "forming per-sample embedding gradients")
+        out = rep.values.new_zeros(b * rep.num_rows, n)
+        rows = (torch.arange(b, device=rep.index.device)[:, None] * rep.num_rows
+                + rep.index).reshape(-1)
+        out.index_add_(0, rows, rep.values.reshape(-1, n))
+        return out.view(b, rep.num_rows * n)
+    raise TypeError(f"unknown per-sample gradient form {type(rep).__name__}")
+
+
+def _gram_is_cheaper(rep: Outer) -> bool:
+    b, g, t, m, n = rep.dims
+    return t * t * (m + n) < t * m * n
+
+
+#: Bytes of temporaries (Gram matrices, formed per-sample blocks) one norm computation may hold
+#: at a time; larger batches are processed in chunks of samples.
+WORK_BYTES = 256 << 20
+
+
+def _check_size(numel: int, element_size: int, what: str) -> None:
+    if numel * element_size > 4 * WORK_BYTES:
+        from .engine import NotCovered
+        raise NotCovered(f"{what} would need {numel * element_size / 2 ** 30:.1f} GiB")
+
+
+def _gram_sq_norms(left, right, m, n):
+    f64 = torch.float64
+    gl = torch.matmul(left, left.transpose(2, 3))
+    gr = torch.matmul(right, right.transpose(2, 3))
+    sq = (gl * gr).sum((1, 2, 3), dtype=f64)
+    # ||l_t||^2 and ||r_t||^2 are the Gram diagonals (each within gamma of the truth)
+    u = unit_roundoff(left.dtype)
+    nl = gl.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(m, u))
+    nr = gr.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(n, u))
+    s = (nl * nr).sqrt().sum(2)  # (B, G): sum_t ||l_t|| ||r_t||
+    bound = (_gamma(m, u) + _gamma(n, u) + 3 * u) * 1.01 * s.square().sum(1)
+    return sq.clamp_min(0.0) + bound
+
+
+def sq_norms(rep) -> torch.Tensor:
+    """(B,) float64 squared norms of the per-sample gradients (see the module docstring)."""
+    f64 = torch.float64
+    if isinstance(rep, PerSample):
+        return rep.flat().square().sum(1, dtype=f64)
+    if isinstance(rep, Outer):
+        b, g, t, m, n = rep.dims
+        if t == 1:
+            return (rep.left.square().sum(3, dtype=f64)
+                    * rep.right.square().sum(3, dtype=f64)).sum((1, 2))
+        # the (T, T) Gram matrices or the (m, n) blocks of a chunk of samples at a time, so
+        # the temporaries stay within WORK_BYTES; the blocks are kept for the weighted sum only
+        # when the whole batch fits at once
+        gram = _gram_is_cheaper(rep)
+        per_sample = g * (2 * t * t if gram else m * n) * rep.left.element_size()
+        chunk = max(1, WORK_BYTES // max(per_sample, 1))
+        if not gram and chunk >= b:
+            return materialise(rep).square().sum(1, dtype=f64)
+        parts = []
+        for i in range(0, b, chunk):
+            left, right = rep.left[i:i + chunk], rep.right[i:i + chunk]
+            if gram:
+                parts.append(_gram_sq_norms(left, right, m, n))
+            else:
+                blocks = torch.matmul(left.transpose(2, 3), right)
+                parts.append(blocks.reshape(len(blocks), -1).square().sum(1, dtype=f64))
+        return torch.cat(parts)
+    if isinstance(rep, Rows):
+        b, t, n = rep.values.shape
+        keys = (torch.arange(b, device=rep.index.device)[:, None] * rep.num_rows
+                + rep.index).reshape(-1)
+        uniq, inv = torch.unique(keys, return_inverse=True)
+        summed = rep.values.new_zeros(len(uniq), n).index_add_(0, inv, rep.values.reshape(-1, n))
+        out = torch.zeros(b, dtype=f64, device=rep.values.device)
+        return out.index_add_(0, uniq // rep.num_rows, summed.square().sum(1, dtype=f64))
+    raise TypeError(f"unknown per-sample gradient form {type(rep).__name__}")
+
+
+def weighted_sum(rep, s: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` (numel,) <- sum_i s_i G_i, with ``s`` (B,) in ``out``'s dtype."""
+    if isinstance(rep, PerSample):
+        return torch.matmul(s.unsqueeze(0), rep.flat(), out=out.unsqueeze(0))
+    if isinstance(rep, Outer):
+        if rep._formed is not None:  # the norms formed G_i already: B x numel products
+            return torch.matmul(s.unsqueeze(0), materialise(rep), out=out.unsqueeze(0))
+        if rep.weighted is not None:
+            return out.copy_(rep.weighted(s).reshape(-1))
+        b, g, t, m, n = rep.dims
+        sl = rep.left * s[:, None, None, None]
+        if g == 1:
+            torch.mm(sl.reshape(b * t, m).t(), rep.right.reshape(b * t, n),
+                     out=out.view(m, n))
+        else:
+            torch.bmm(sl.permute(1, 3, 0, 2).reshape(g, m, b * t),
+                      rep.right.permute(1, 0, 2, 3).reshape(g, b * t, n), out=out.view(g, m, n))
+        return out
+    if isinstance(rep, Rows):
+        b, t, n = rep.values.shape
+        out.zero_()
+        out.view(rep.num_rows, n).index_add_(
+            0, rep.index.reshape(-1), (rep.values * s[:, None, None]).reshape(-1, n))
+        return out
+    raise TypeError(f"unknown per-sample gradient form {type(rep).__name__}")
+
+
+def _batch(rep) -> int:
+    return (rep.grads if isinstance(rep, PerSample) else
+            rep.left if isinstance(rep, Outer) else rep.values).shape[0]
+
+
+def _rows_as_outer(rep: Rows) -> Outer:
+    _check_size(rep.index.numel() * rep.num_rows, rep.values.element_size(),
+                "one-hot rows of a shared embedding table")
+    onehot = torch.nn.functional.one_hot(rep.index, rep.num_rows).to(rep.values.dtype)
+    return Outer(onehot[:, None], rep.values[:, None])
+
+
+def combine(reps: List, numel: int):
+    """One form whose per-sample gradient is the sum over ``reps`` (the uses of one parameter)."""
+    if len(reps) == 1:
+        return reps[0]
+    if all(isinstance(r, Rows) for r in reps) and len({r.num_rows for r in reps}) == 1:
+        return Rows(torch.cat([r.index for r in reps], 1), torch.cat([r.values for r in reps], 1),
+                    reps[0].num_rows)
+    if all(isinstance(r, (Outer, Rows)) for r in reps):
+        outer = [_rows_as_outer(r) if isinstance(r, Rows) else r for r in reps]
+        if len({o.dims[:2] + o.dims[3:] for o in outer}) == 1:
+            # sum over uses of sum over t = one sum over the concatenated positions
+            fast = [o.weighted for o in outer]
+            weighted = (lambda s: sum(f(s) for f in fast)) if all(fast) else None
+            return Outer(torch.cat([o.left for o in outer], 2),
+                         torch.cat([o.right for o in outer], 2), weighted)
+    b = _batch(reps[0])
+    _check_size(b * numel, 4, "forming a shared parameter's per-sample gradients")
+    total = materialise(reps[0]).clone()
+    for r in reps[1:]:
+        total += materialise(r)
+    return PerSample(total)

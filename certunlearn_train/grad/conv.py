@@ -1,0 +1,94 @@
+"""nn.Conv1d / nn.Conv2d: unfold the input into patches, then the Linear form per group.
+
+Output position t of group g uses the patch p_t (C_in/groups * prod(kernel) values, channel
+slowest, the weight's own layout), so sample i's gradient of group g's weight block
+(C_out/groups, C_in/groups * prod(kernel)) is sum_t g_t p_t^T. Any stride, padding (numbers,
+"same", "valid", and the non-zero padding modes, applied as the layer does before convolving),
+dilation and groups.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._types import Outer, PerSample
+from .registry import register
+
+
+def _as_2d(module, x):
+    """(x, kernel, stride, dilation, padding) of the layer as a 2-D convolution.
+
+    Padding that is not a plain zero border (a string, or a non-zero padding mode) is applied
+    to x here, as the layer itself does before convolving, and the convolution then has none.
+    """
+    one_d = isinstance(module, nn.Conv1d)
+    if module.padding_mode != "zeros" or isinstance(module.padding, str):
+        pad = module._reversed_padding_repeated_twice
+        if any(pad):
+            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+            x = F.pad(x, pad, mode=mode)
+        padding = (0,) * (1 if one_d else 2)
+    else:
+        padding = module.padding
+    if one_d:
+        return (x.unsqueeze(2), (1, module.kernel_size[0]), (1, module.stride[0]),
+                (1, module.dilation[0]), (0, padding[0]))
+    return x, module.kernel_size, module.stride, module.dilation, padding
+
+
+def _patches(x, kernel, stride, dilation, padding):
+    """F.unfold(x, ...) as (B, C*kh*kw, T), built by kh*kw strided slice copies.
+
+    Same values and layout as F.unfold (channel slowest, then kernel row and column), which on
+    the CPU loops over the batch and is up to ten times slower for few-channel inputs.
+    """
+    if any(padding):
+        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    b, c, h, w = x.shape
+    ho = (h - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    wo = (w - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    out = x.new_empty(b, c, kernel[0], kernel[1], ho, wo)
+    for i in range(kernel[0]):
+        r0 = i * dilation[0]
+        for j in range(kernel[1]):
+            c0 = j * dilation[1]
+            out[:, :, i, j].copy_(x[:, :, r0:r0 + stride[0] * (ho - 1) + 1:stride[0],
+                                    c0:c0 + stride[1] * (wo - 1) + 1:stride[1]])
+    return out.view(b, c * kernel[0] * kernel[1], ho * wo)
+
+
+def conv_rule(module, inputs, g):
+    x = inputs[0]
+    if x.dim() != (3 if isinstance(module, nn.Conv1d) else 4):
+        raise ValueError(f"input without a batch dimension (shape {tuple(x.shape)})")
+    b, groups = x.shape[0], module.groups
+    x2, kernel, stride, dilation, padding = _as_2d(module, x)
+    p = _patches(x2, kernel, stride, dilation, padding)  # (B, n*G, T)
+    length = p.shape[2]
+    right = p.view(b, groups, -1, length).transpose(2, 3)                              # (B, G, T, n)
+    g2 = g.reshape(b, module.out_channels, length)
+    left = g2.view(b, groups, module.out_channels // groups, length).transpose(2, 3)  # (B, G, T, m)
+    weight = module.weight.detach()
+    g4 = g2.view(b, module.out_channels, 1 if isinstance(module, nn.Conv1d) else -1,
+                 g.shape[-1])
+
+    def weighted(s):
+        # the layer's own weight-gradient kernel, fed the scaled output gradient
+        w2 = weight.unsqueeze(2) if isinstance(module, nn.Conv1d) else weight
+        return torch.ops.aten.convolution_backward(
+            g4 * s.view(-1, 1, 1, 1), x2, w2, None, list(stride), list(padding),
+            list(dilation), False, [0, 0], groups, [False, True, False])[1]
+
+    out = {"weight": Outer(left, right, weighted)}
+    if module.bias is not None:
+        out["bias"] = PerSample(g2.sum(2))
+    return out
+
+
+def _check(module):
+    return None
+
+
+register(nn.Conv1d, conv_rule, _check)
+register(nn.Conv2d, conv_rule, _check)

@@ -1,0 +1,56 @@
+"""The table of per-sample gradient rules, keyed by the exact module type.
+
+A rule is a callable ``rule(module, inputs, grad_output) -> {name: form}``:
+
+* ``inputs``: the tuple of positional inputs of one call of ``module`` (detached);
+* ``grad_output``: the gradient of the *sum* of the per-sample losses with respect to that
+  call's output, so its row i belongs to sample i alone (samples never mix in a forward);
+* the result maps the name of every direct parameter of ``module`` (``"weight"``, ``"bias"``)
+  to one form of :mod:`certunlearn_train.grad._types` (``PerSample``, ``Outer``, ``Rows``).
+
+An optional ``check(module) -> str | None`` returns why a particular instance is not covered
+(for example an Embedding with ``max_norm``), and the model then takes the vmap route.
+Lookup is by exact type: a subclass may change ``forward``, so it needs its own entry.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, NamedTuple, Optional, Type
+
+from torch import nn
+
+__all__ = ["register", "rule_for", "Rule"]
+
+
+class Rule(NamedTuple):
+    compute: Callable
+    check: Optional[Callable[[nn.Module], Optional[str]]]
+
+
+_RULES: Dict[type, Rule] = {}
+
+
+def register(module_type: Type[nn.Module], rule: Callable,
+             check: Optional[Callable[[nn.Module], Optional[str]]] = None) -> None:
+    """Register (or replace) the per-sample gradient rule of ``module_type``.
+
+    Example, a layer ``y = x * scale`` with a (features,) parameter ``scale``::
+
+        from certunlearn_train import grad
+        def scale_rule(module, inputs, g):
+            x = inputs[0]
+            return {"scale": grad.PerSample((g * x).reshape(len(x), -1, x.shape[-1]).sum(1))}
+        grad.register(Scale, scale_rule)
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise ValueError(f"register: module_type must be a subclass of torch.nn.Module, got "
+                         f"{module_type!r}")
+    if not callable(rule):
+        raise ValueError(f"register: rule must be callable, got {type(rule).__name__}")
+    if check is not None and not callable(check):
+        raise ValueError(f"register: check must be callable or None, got {type(check).__name__}")
+    _RULES[module_type] = Rule(rule, check)
+
+
+def rule_for(module: nn.Module) -> Optional[Rule]:
+    """The rule registered for ``type(module)``, or None."""
+    return _RULES.get(type(module))
