@@ -138,8 +138,7 @@ def section_noise_for(repeats: int) -> None:
     from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
     from certunlearn_theory import max_noise_ratio, noise_for
-    from certunlearn_theory.closed_forms import (paper_sigma_regularized,
-                                                 paper_sigma_unregularized)
+    from certunlearn_theory.closed_forms import paper_sigma_regularized, paper_sigma_unregularized
 
     eps, delta, C0, C1, gamma, C2 = 1.0, 1e-5, 1.0, 1.0, 0.01, 1.0
     orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512]

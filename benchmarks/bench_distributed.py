@@ -76,7 +76,7 @@ def measure(name, clip, batch, repeats, device):
     step_s = []
     try:
         model.train()
-        for i in range(repeats + 5):
+        for _ in range(repeats + 5):
             idx = torch.randperm(len(y), generator=gen)[:batch].to(device)
             _sync(device)
             t0 = time.perf_counter()

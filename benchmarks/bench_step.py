@@ -48,7 +48,7 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
         try:
             sizes.append((int(float(b)), int(float(d))))
         except ValueError:
-            raise SystemExit(f"bench_step.py: --sizes wants BxD items like 256x1e6, got {item!r}")
+            raise SystemExit(f"bench_step.py: --sizes wants BxD items like 256x1e6, got {item!r}") from None
     return sizes
 
 
@@ -221,9 +221,10 @@ def main(argv=None) -> int:
         print(f"bench_step.py: unknown --skip items {sorted(unknown)}", file=sys.stderr)
         return 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    ext = "loaded" if ops.extension_available() else \
+        "MISSING: " + str(ops.extension_unavailable_reason())
     print(f"noisy step benchmark: torch {torch.__version__}, device {device} ({name}), "
-          f"{torch.get_num_threads()} threads, extension "
-          f"{'loaded' if ops.extension_available() else 'MISSING: ' + str(ops.extension_unavailable_reason())}"
+          f"{torch.get_num_threads()} threads, extension {ext}"
           f"{', CUDA kernels' if ops.cuda_kernels_available() else ''}; lr={LR} clip={CLIP} "
           f"noise_std={STD} radius={RADIUS}; medians of {args.repeats}")
     warnings.simplefilter("once")

@@ -19,18 +19,23 @@ import secrets
 from typing import Callable, Optional, Tuple
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from . import distributed
+from ._flat import GradientSource
 from .certificates import RunCertificate, build_run_certificate, weights_sha256
 from .checks import MAX_STEPS, check_int, check_real
 from .models import check_buffers_constant
-from .train import (check_finite_model, check_model_fits_data, restore_modes, save_modes,
-                    steps_for_epochs, train)
-from .unlearn import (PrivateSpec, clip_to_ball_, frozen, prepare_run, public_record,
-                      working_copy)
-from ._flat import GradientSource
+from .train import (
+    check_finite_model,
+    check_model_fits_data,
+    restore_modes,
+    save_modes,
+    steps_for_epochs,
+    train,
+)
+from .unlearn import PrivateSpec, clip_to_ball_, frozen, prepare_run, public_record, working_copy
 
 __all__ = ["retrain", "output_perturbation", "dpsgd_train", "reinitialize_", "poisson_batch"]
 
@@ -126,6 +131,7 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
     (``certunlearn_theory.noise_for(..., method="output_perturbation")``, sigma rounded up).
     """
     import certunlearn_theory as ct
+
     from .ops import gaussian_noise
     C0 = check_real("C0", C0, low=0.0)
     finetune_epochs = check_real("finetune_epochs", finetune_epochs, low=0.0, low_open=False)
@@ -205,8 +211,10 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
     Returns:
         ``(model, certificate)`` with ``method="dpsgd"``.
     """
-    import certunlearn_theory as ct
     from tqdm.auto import tqdm
+
+    import certunlearn_theory as ct
+
     from .ops import noisy_step_
     clip = check_real("clip", clip, low=0.0)
     lr = check_real("lr", lr, low=0.0)

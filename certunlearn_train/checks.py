@@ -10,8 +10,8 @@ import math
 from typing import Callable, Optional, Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = ["check_real", "check_int", "check_choice", "check_device", "check_data",
            "is_class_loss", "MAX_STEPS"]

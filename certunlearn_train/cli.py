@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shlex
 import sys
 import tempfile
 
@@ -220,6 +219,7 @@ def _train(args) -> int:
     _check_output_file(args.out, "--out")
     _set_threads(args.threads)
     import torch
+
     from .evaluate import evaluate_model
     from .model_files import model_arch, save_model_file
     from .models import build_model
@@ -244,6 +244,7 @@ def _train(args) -> int:
 
 def _unlearn(args) -> int:
     import contextlib
+
     from . import distributed
     from .config import load_config
     cfg = load_config(args.config)

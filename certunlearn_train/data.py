@@ -150,9 +150,11 @@ def load_mnist(root: str, split: str = "train") -> ArrayDataset:
 
 def _allowed_globals():
     try:
-        from numpy._core import multiarray as _ma, numeric as _nu
+        from numpy._core import multiarray as _ma
+        from numpy._core import numeric as _nu
     except ImportError:  # numpy < 2
-        from numpy.core import multiarray as _ma, numeric as _nu
+        from numpy.core import multiarray as _ma
+        from numpy.core import numeric as _nu
     table = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
              ("_codecs", "encode"): codecs.encode}
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):

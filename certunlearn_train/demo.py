@@ -66,11 +66,12 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     OS entropy source unless ``seed`` is given (then the certificate records that it was chosen).
     """
     import torch
+
     from .baselines import retrain
     from .certificates import _format_up, weights_sha256
-    from .model_files import model_arch, save_model_file
     from .data import load_dataset, select_forget, split_forget
     from .evaluate import evaluate_model
+    from .model_files import model_arch, save_model_file
     from .models import MLP
     from .train import train
     from .unlearn import unlearn

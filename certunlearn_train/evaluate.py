@@ -11,8 +11,8 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = ["per_sample_losses", "accuracy", "mia_auc", "evaluate_model", "auc"]
 

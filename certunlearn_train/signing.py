@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 __all__ = ["SigningError", "generate_key_files", "load_private_key", "load_public_key",
            "sign_record", "verify_record", "fingerprint"]
@@ -111,6 +111,7 @@ def load_public_key(path: str):
 def sign_record(record: Mapping[str, Any], private_key) -> Dict[str, str]:
     """The ``signature`` field for a certificate dict (its ``signature`` entry is ignored)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from .certificates import canonical_bytes
     if isinstance(private_key, (str, os.PathLike)):
         private_key = load_private_key(private_key)
@@ -130,6 +131,7 @@ def verify_record(record: Mapping[str, Any], public_key=None) -> str:
     """
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from .certificates import canonical_bytes
     sig = record.get("signature")
     if not isinstance(sig, Mapping) or set(sig) != {"algorithm", "public_key", "value"} \

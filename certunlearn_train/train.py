@@ -5,8 +5,8 @@ import math
 from typing import Callable, List, Optional, Tuple
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from . import distributed
 from .checks import MAX_STEPS, check_data, check_int, check_real, is_class_loss
@@ -26,6 +26,7 @@ def as_tensors(data, device=None, dtype: Optional[torch.dtype] = None,
     labels) and moved to ``device`` when one is given.
     """
     from torch.utils.data import TensorDataset
+
     from .data import ArrayDataset
     if isinstance(data, ArrayDataset):
         x, y = data.x, data.y

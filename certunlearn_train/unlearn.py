@@ -30,17 +30,30 @@ import warnings
 from typing import Callable, Iterable, List, Optional, Tuple, Union
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from . import distributed
-from .certificates import (RunCertificate, build_run_certificate, public_parameters_record,
-                           weights_sha256)
+from ._flat import FlatParameters, GradientSource
+from .certificates import (
+    RunCertificate,
+    build_run_certificate,
+    public_parameters_record,
+    weights_sha256,
+)
 from .checks import MAX_STEPS, check_choice, check_device, check_int, check_real
 from .models import check_buffers_constant, check_unlearnable
-from .train import (as_tensors, check_data_device, check_finite_model, check_model_fits_data,
-                    epoch_batches, restore_modes, save_modes, steps_for_epochs, train)
-from ._flat import FlatParameters, GradientSource
+from .train import (
+    as_tensors,
+    check_data_device,
+    check_finite_model,
+    check_model_fits_data,
+    epoch_batches,
+    restore_modes,
+    save_modes,
+    steps_for_epochs,
+    train,
+)
 
 __all__ = ["unlearn", "noisy_phase", "clip_to_ball_", "METHODS", "CLIP_MODES",
            "batch_generator_seed", "select_private", "public_record", "PUBLIC_ASSUMPTION",
@@ -213,6 +226,7 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
         ValueError: the weights end non-finite (the run diverged; no certificate may be issued).
     """
     from tqdm.auto import tqdm
+
     from .ops import noisy_step_
 
     d = flat.numel
@@ -317,6 +331,7 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             a run that diverges (non-finite loss or weights), with no certificate.
     """
     import certunlearn_theory as ct
+
     from .ops import gaussian_noise
 
     check_choice("method", method, METHODS)

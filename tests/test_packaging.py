@@ -21,6 +21,7 @@ def test_installed_metadata_pins_the_build_torch():
     from importlib.metadata import requires
 
     import torch
+
     from certunlearn_train.build_check import built_against
     assert built_against() == torch.__version__
     torch_reqs = [r for r in requires("certunlearn") if r.split(";")[0].startswith("torch")]

@@ -67,7 +67,7 @@ def _param_owners(model: nn.Module, wanted: Dict[int, int]):
 def uncovered_reason(model: nn.Module, flat) -> str | None:
     """Why the ghost route cannot take ``model`` (a layer without a rule), or None."""
     wanted = {id(p): i for i, p in enumerate(flat.params)}
-    for name, m, own in _param_owners(model, wanted):
+    for name, m, _own in _param_owners(model, wanted):
         rule = rule_for(m)
         if rule is None:
             return (f"layer '{name}' ({type(m).__name__}) has parameters and no per-sample "

@@ -41,9 +41,15 @@ import math
 
 import torch
 
-from certunlearn_train.ops import (MAX_OFFSET, PROJECTION_SLACK, _check_draw,  # noqa: F401
-                                   blocks_for, check_step_arguments, seed_from_int64,
-                                   seed_to_int64)
+from certunlearn_train.ops import (  # noqa: F401
+    MAX_OFFSET,
+    PROJECTION_SLACK,
+    _check_draw,
+    blocks_for,
+    check_step_arguments,
+    seed_from_int64,
+    seed_to_int64,
+)
 
 __all__ = [
     "PHILOX_M0", "PHILOX_M1", "PHILOX_W0", "PHILOX_W1", "PROJECTION_SLACK", "MAX_OFFSET",

@@ -13,8 +13,8 @@ import pytest
 import torch
 from scipy import stats
 
-from tests.kernel import reference as R
 from certunlearn_train import ops
+from tests.kernel import reference as R
 
 from .helpers import DEVICES
 

@@ -6,10 +6,11 @@ import sys
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tests.kernel import reference as R
 from certunlearn_train import ops
+from tests.kernel import reference as R
 
 from .helpers import CUDA, DEVICES, sample_inputs
 

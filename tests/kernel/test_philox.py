@@ -96,7 +96,8 @@ def test_header_philox_known_answers_and_transform(tmp_path):
 
 def test_box_muller_extremes():
     """Words chosen to hit the ends of the 53-bit uniforms: the tail reaches sqrt(106 ln 2)."""
-    t = lambda *w: [float(v) for v in R.box_muller(*(torch.tensor([x]) for x in w))]
+    def t(*w):
+        return [float(v) for v in R.box_muller(*(torch.tensor([x]) for x in w))]
     # a = 0 -> u1 = 2^-53, the largest radius; b = 0 -> angle 0.
     assert t(0, 0, 0, 0) == pytest.approx([math.sqrt(2 * 53 * math.log(2)), 0.0], rel=1e-15)
     # a = 2^53 - 1 -> u1 = 1 -> radius 0.

@@ -6,7 +6,6 @@ spawn costs a few seconds (two fresh interpreters importing torch), so the scena
 """
 import datetime
 import json
-import math
 import os
 import subprocess
 import sys
@@ -16,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
 
 from certunlearn_train import distributed
 from certunlearn_train.baselines import dpsgd_train, output_perturbation, retrain
@@ -552,6 +552,7 @@ def test_cli_refuses_a_bad_timeout(tmp_path, capsys, monkeypatch):
 
 def test_init_from_env_reports_a_rank_that_never_comes(monkeypatch):
     import socket
+
     import torch.distributed as dist
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,12 +3,13 @@ accuracy and the MIA AUC against independent computations."""
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
+from torch import nn
 
-from certunlearn_train import models as M
 from certunlearn_train import evaluate as E
+from certunlearn_train import models as M
 from certunlearn_train._flat import FlatParameters, PerSampleGradients
 
 
@@ -89,8 +90,8 @@ def test_mia_auc_detects_memorisation_direction():
     model = nn.Linear(2, 2, bias=False)
     with torch.no_grad():
         model.weight.copy_(10 * torch.eye(2))
-    xm = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); ym = torch.tensor([0, 1])
-    xn = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); yn = torch.tensor([1, 0])
+    xm, ym = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+    xn, yn = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([1, 0])
     assert E.mia_auc(model, xm, ym, xn, yn) == 1.0
     assert E.mia_auc(model, xn, yn, xm, ym) == 0.0
 

@@ -1,7 +1,6 @@
 """Private and public parameters (THEORY.md section 10.2): only the private part is clipped,
 noised, stepped and fine-tuned; the public part stays bit-identical and is recorded."""
 import copy
-import math
 
 import numpy as np
 import pytest
@@ -185,6 +184,7 @@ def test_per_sample_routes_with_a_public_backbone(linear):
     (the nn.Linear fast path applies, since only the head is private) gives the clipped mean of
     the head's per-sample gradients from an explicit float64 loop."""
     from certunlearn_train._flat import FlatParameters, GradientSource
+
     from .routes_helpers import build_case
     case = build_case("conv", "cross_entropy", batch=6, seed=2)
     model = case.model

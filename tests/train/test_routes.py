@@ -13,13 +13,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from certunlearn_train._flat import FlatParameters, GradientSource
 
 from ..hypothesis_budget import examples
-from .routes_helpers import (architectures, build_case, explicit_clipped_mean,
-                             explicit_per_sample_gradients, norm_quantiles)
+from .routes_helpers import (
+    architectures,
+    build_case,
+    explicit_clipped_mean,
+    explicit_per_sample_gradients,
+    norm_quantiles,
+)
 
 
 def _clip_rows_mean(rows: torch.Tensor, C1: float) -> torch.Tensor:

@@ -15,8 +15,8 @@ from certunlearn_train.ops import gaussian_noise
 from certunlearn_train.train import train
 from certunlearn_train.unlearn import batch_generator_seed, unlearn
 
-from .test_noisy_phase import reference
 from .helpers import flat_params, tiny_problem
+from .test_noisy_phase import reference
 
 EPS, DELTA = 1.0, 1e-5
 
