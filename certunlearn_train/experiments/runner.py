@@ -1,0 +1,402 @@
+"""Resumable experiment runner: tune every method on validation data, then run it over seeds.
+
+Work is split into *units*: one (method, configuration, seed, eps, delta) run, from the deletion
+request to the end of the epoch budget, evaluated after the noisy phase and after every epoch.
+Each finished unit is written atomically to ``OUT/units/<key>.json``, where ``key`` hashes the
+unit's full configuration (data, model, original training, method, knobs, seed, eps, delta,
+budget); a unit whose file exists is read back, never recomputed, so a killed run resumes where it
+stopped. The original model of each seed is cached the same way in ``OUT/originals/``.
+
+Seeds: each evaluation seed draws its own forget set, original model, initialisations, batch
+orders and noise; all methods share the seed's forget set and original model (a paired
+comparison). Tuning runs on ``tune_seeds``, disjoint from the evaluation seeds, and ranks
+configurations by :func:`validation_score` on the validation split only.
+
+Every run's certificate is written to ``OUT/certificates/<key>.json`` and verified
+(:meth:`RunCertificate.verify`, against the weights it certifies) before the unit is recorded.
+The unlearning noise is seeded from the experiment seed so that a run can be reproduced: those
+certificates record ``noise_seed_user_supplied = true`` (a reproduction, not a private release).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import inspect
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .metrics import validation_score
+from .presets import CERTIFIED, EPS_FREE, METHOD_NAMES, method_configs
+
+__all__ = ["Experiment", "unit_key", "derive_seed", "FORMAT"]
+
+FORMAT = "certunlearn.experiment-unit/1"
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def unit_key(spec: Dict[str, Any]) -> str:
+    """Hex key of a unit: SHA-256 of its canonical JSON configuration (first 24 characters)."""
+    return hashlib.sha256(_canonical(spec).encode()).hexdigest()[:24]
+
+
+def derive_seed(*parts) -> int:
+    """A 31-bit seed derived from the parts (stable across runs and platforms)."""
+    h = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def _atomic_json(path: str, obj) -> None:
+    from ..certificates import atomic_write_bytes
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _supports(fn, name) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
+class _Data:
+    """The splits of one experiment, as tensors on the device; forget sets per seed."""
+
+    def __init__(self, cfg, device):
+        from ..data import load_dataset, train_test_split
+        d = cfg["data"]
+        kwargs = {}
+        if d["name"] == "digits":
+            kwargs = dict(test_fraction=d["test_fraction"], split_seed=d["split_seed"])
+        train, test = load_dataset(d["name"], d.get("root"), **kwargs)
+        self.train, self.val = train_test_split(train, test_fraction=d["val_fraction"],
+                                                seed=d["split_seed"] + 1)
+        self.test = test
+        self.device = device
+        self.cfg = cfg
+        self.input_shape = tuple(self.train.x.shape[1:])
+        self.num_classes = self.train.num_classes
+        self.val_t = self.val.tensors(device)
+        self.test_t = self.test.tensors(device)
+        self._split_cache = {}
+
+    def split(self, seed: int):
+        """(retain, forget, full training) tensors for ``seed`` (its own forget set)."""
+        if seed not in self._split_cache:
+            from ..data import select_forget, split_forget
+            idx = select_forget(self.train.y, fraction=self.cfg["data"]["forget_fraction"],
+                                seed=derive_seed("forget", seed))
+            retain, forget = split_forget(self.train, idx)
+            self._split_cache = {seed: (retain.tensors(self.device), forget.tensors(self.device),
+                                        self.train.tensors(self.device))}
+        return self._split_cache[seed]
+
+
+class Experiment:
+    """One experiment (a validated configuration from :mod:`.presets`) writing into ``out``."""
+
+    def __init__(self, cfg: Dict[str, Any], out: str, *, progress: bool = True,
+                 echo: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.out = out
+        self.progress = progress
+        self.echo = echo
+        self.computed = 0
+        self.reused = 0
+        for sub in ("units", "originals", "certificates", "figures"):
+            os.makedirs(os.path.join(out, sub), exist_ok=True)
+        self._data = None
+        self._originals = {}
+
+    # ------------------------------------------------------------------------------------------
+    # set-up
+    # ------------------------------------------------------------------------------------------
+    @property
+    def device(self):
+        import torch
+        dev = self.cfg.get("device", "cpu")
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(dev)
+
+    @property
+    def data(self) -> _Data:
+        if self._data is None:
+            self._data = _Data(self.cfg, self.device)
+        return self._data
+
+    def _shared_spec(self) -> Dict[str, Any]:
+        c = self.cfg
+        return {"data": c["data"], "model": c["model"], "original": c["original"],
+                "epochs": c["epochs"], "format": FORMAT}
+
+    def _build_model(self, seed_tag):
+        import torch
+        from ..models import build_model
+        kwargs = {k: tuple(v) if isinstance(v, list) else v
+                  for k, v in self.cfg["model"].get("kwargs", {}).items()}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(*seed_tag))
+            model = build_model(self.cfg["model"]["name"], self.data.input_shape,
+                                self.data.num_classes, **kwargs)
+        return model.to(self.device)
+
+    def original(self, seed: int):
+        """The model trained on the full training split of ``seed`` (cached on disk)."""
+        if seed in self._originals:
+            return self._originals[seed]
+        import torch
+        from ..certificates import atomic_write_bytes
+        from ..train import train
+        spec = dict(self._shared_spec(), kind="original", seed=seed)
+        key = unit_key(spec)
+        path = os.path.join(self.out, "originals", key + ".pt")
+        model = self._build_model(("original-init", seed))
+        if os.path.exists(path):
+            model.load_state_dict(torch.load(path, map_location=self.device))
+        else:
+            o = self.cfg["original"]
+            _, _, full = self.data.split(seed)
+            train(model, full, epochs=o["epochs"], lr=o["lr"], batch_size=o["batch_size"],
+                  seed=derive_seed("original-batches", seed), progress=False)
+            buf = io.BytesIO()
+            torch.save(model.state_dict(), buf)
+            atomic_write_bytes(path, buf.getvalue())
+        self._originals = {seed: model}
+        return model
+
+    # ------------------------------------------------------------------------------------------
+    # units
+    # ------------------------------------------------------------------------------------------
+    def unit_spec(self, method, config, seed, eps) -> Dict[str, Any]:
+        spec = dict(self._shared_spec(), kind="unit", method=method, config=config, seed=seed)
+        if method in CERTIFIED:
+            spec.update(eps=float(eps), delta=float(self.cfg["delta"]))
+        return spec
+
+    def run_unit(self, spec) -> Dict[str, Any]:
+        """The unit's record: read from disk if it finished before, else computed and written."""
+        key = unit_key(spec)
+        path = os.path.join(self.out, "units", key + ".json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                rec = json.load(fh)
+            if rec.get("key") == key:
+                self.reused += 1
+                return rec
+        rec = self._compute(spec, key)
+        _atomic_json(path, rec)
+        self.computed += 1
+        return rec
+
+    def _evaluate(self, model, retain_like=None) -> Dict[str, float]:
+        from ..evaluate import accuracy
+        return {"test_acc": accuracy(model, *self.data.test_t),
+                "val_acc": accuracy(model, *self.data.val_t)}
+
+    def _finetune(self, model, retain, *, epochs, lr, batch_size, seed, points, start_epochs,
+                  start_wall) -> float:
+        """``epochs`` passes of SGD (momentum 0.9) over ``retain``, one evaluated point per pass.
+
+        Returns the training wall time (evaluation excluded).
+        """
+        from ..train import train
+        spent = 0.0
+        for e in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            train(model, retain, epochs=1, lr=lr, batch_size=batch_size,
+                  seed=derive_seed(seed, "finetune", e), progress=False)
+            spent += time.perf_counter() - t0
+            points.append(dict(self._evaluate(model), epochs=start_epochs + e,
+                               wall_s=start_wall + spent, phase="train"))
+        return spent
+
+    def _save_cert(self, cert, key, model) -> str:
+        cert.verify(model)
+        rel = os.path.join("certificates", key + ".json")
+        cert.save(os.path.join(self.out, rel))
+        return rel
+
+    def _compute(self, spec, key) -> Dict[str, Any]:
+        import torch
+        from ..certificates import build_run_certificate, weights_sha256
+        method, cfg, seed = spec["method"], spec["config"], spec["seed"]
+        retain, forget, full = self.data.split(seed)
+        n_retain = len(retain[1])
+        E = self.cfg["epochs"]
+        points: List[Dict[str, Any]] = []
+        times = {"pre_request_s": 0.0, "noisy_s": 0.0, "train_s": 0.0}
+        rec = {"key": key, "spec": spec, "method": method, "seed": seed,
+               "eps": spec.get("eps"), "delta": spec.get("delta"), "config": cfg,
+               "status": "ok", "error": None, "noisy_epochs": 0.0, "certificate": None,
+               "certified_epsilon": None, "certified_delta": None, "sigma": None,
+               "n_retain": n_retain, "n_forget": len(forget[1])}
+        noise_seed = derive_seed(seed, method, "noise", _canonical(cfg))
+        try:
+            if method in ("gradient_clipping", "model_clipping", "output_perturbation"):
+                original = self.original(seed)
+                if method == "output_perturbation":
+                    from ..baselines import output_perturbation
+                    t0 = time.perf_counter()
+                    model, cert = output_perturbation(
+                        original, retain, eps=spec["eps"], delta=spec["delta"], C0=cfg["C0"],
+                        batch_size=cfg["batch_size"], forget_size=len(forget[1]),
+                        seed=noise_seed, progress=False)
+                    times["noisy_s"] = time.perf_counter() - t0
+                else:
+                    from ..unlearn import unlearn
+                    kw = dict(C0=cfg["C0"], lr=cfg["noisy_lr"], lam=cfg["lam"],
+                              steps=cfg["steps"], batch_size=cfg["noisy_batch"], clip="batch")
+                    if method == "gradient_clipping":
+                        C1 = cfg["C1"]
+                        kw["C1"] = (cfg["C0"] / (cfg["noisy_lr"] * cfg["steps"])
+                                    if C1 == "natural" else C1)
+                    else:
+                        kw["C2"] = cfg["C2"]
+                    t0 = time.perf_counter()
+                    model, cert = unlearn(original, retain, eps=spec["eps"],
+                                          delta=spec["delta"], method=method,
+                                          forget_size=len(forget[1]), seed=noise_seed,
+                                          progress=False, **kw)
+                    times["noisy_s"] = time.perf_counter() - t0
+                    rec["noisy_epochs"] = cfg["steps"] * min(cfg["noisy_batch"], n_retain) \
+                        / n_retain
+            elif method == "dpsgd_group":
+                from ..baselines import dpsgd_train
+                init = self._build_model(("dpsgd-init", seed, _canonical(cfg)))
+                t0 = time.perf_counter()
+                model, cert = dpsgd_train(
+                    init, full, eps=spec["eps"], delta=spec["delta"],
+                    group_size=len(forget[1]), epochs=cfg["dp_epochs"], lr=cfg["dp_lr"],
+                    clip=cfg["clip"], expected_batch_size=cfg["dp_batch"], seed=noise_seed,
+                    progress=False)
+                times["pre_request_s"] = time.perf_counter() - t0
+            else:  # retrain, retrain_init_scale: exact, from a fresh default initialisation
+                model = self._build_model(("retrain-init", seed, method, _canonical(cfg)))
+                scale = cfg.get("init_scale", 1.0)
+                if scale != 1.0:
+                    with torch.no_grad():
+                        for p in model.parameters():
+                            p.mul_(scale)
+                cert = None
+        except ValueError as exc:
+            # the accountant cannot reach (eps, delta) with these knobs, or similar: recorded
+            rec.update(status="infeasible", error=str(exc).splitlines()[0][:500], points=[],
+                       times=times)
+            return rec
+        if cert is not None:
+            rec["certificate"] = self._save_cert(cert, key, model)
+            rec.update(certified_epsilon=cert.epsilon, certified_delta=cert.delta,
+                       sigma=cert.sigma)
+        start = rec["noisy_epochs"]
+        points.append(dict(self._evaluate(model), epochs=start, wall_s=times["noisy_s"],
+                           phase="noisy" if method in CERTIFIED else "init"))
+        sha_before_train = weights_sha256(model)
+        times["train_s"] = self._finetune(
+            model, retain, epochs=E, lr=cfg["lr"], batch_size=cfg["batch_size"],
+            seed=derive_seed(seed, method, "train", _canonical(cfg)), points=points,
+            start_epochs=start, start_wall=times["noisy_s"])
+        if method in EPS_FREE:
+            cert = build_run_certificate(
+                method="retrain", sigma=None, eps=0.0, delta=0.0,
+                parameters=dict(steps=None, epochs=float(E), lr=float(cfg["lr"]),
+                                batch_size=int(cfg["batch_size"]),
+                                init_scale=float(cfg.get("init_scale", 1.0))),
+                retain_size=n_retain, forget_size=len(forget[1]),
+                sha_before=weights_sha256(self.original(seed)), sha_after=weights_sha256(model),
+                seed_user_supplied=True)
+            rec["certificate"] = self._save_cert(cert, key, model)
+            rec.update(certified_epsilon=0.0, certified_delta=0.0)
+        rec["fine_tune_from_sha256"] = sha_before_train
+        rec["points"] = points
+        rec["times"] = times
+        return rec
+
+    # ------------------------------------------------------------------------------------------
+    # the whole experiment
+    # ------------------------------------------------------------------------------------------
+    def _groups(self):
+        """(method, eps) pairs to tune and report; eps is None for the exact methods."""
+        out = []
+        for method in METHOD_NAMES:
+            if method in CERTIFIED:
+                out += [(method, e) for e in self.cfg["eps"]]
+            else:
+                out.append((method, None))
+        return out
+
+    def plan(self) -> Tuple[int, int]:
+        """(tuning units, evaluation units)."""
+        groups = self._groups()
+        if not self.cfg["tune_each_eps"]:
+            n_tune = sum(1 for m, e in groups if e is None or e == self.cfg["main_eps"])
+        else:
+            n_tune = len(groups)
+        return (n_tune * self.cfg["n_configs"] * len(self.cfg["tune_seeds"]),
+                len(groups) * self.cfg["seeds"])
+
+    def run(self) -> Dict[str, Any]:
+        """Tune, evaluate, summarise; write every output; return the summary."""
+        import torch
+        from tqdm.auto import tqdm
+        from .summary import write_outputs
+        if self.cfg.get("threads"):
+            torch.set_num_threads(int(self.cfg["threads"]))
+        _atomic_json(os.path.join(self.out, "experiment.json"), self.cfg)
+        n_tune, n_eval = self.plan()
+        bar = tqdm(total=n_tune + n_eval, desc=f"experiment {self.cfg.get('name', '')}",
+                   unit="unit", disable=not self.progress)
+        t_start = time.perf_counter()
+        tuning: List[Dict[str, Any]] = []
+        chosen: Dict[str, Dict[str, Any]] = {}
+        E = self.cfg["epochs"]
+        for method, eps in self._groups():
+            tune_eps = eps if (eps is None or self.cfg["tune_each_eps"]) else self.cfg["main_eps"]
+            gkey = _group_name(method, eps)
+            if not self.cfg["tune_each_eps"] and eps is not None and eps != self.cfg["main_eps"]:
+                continue  # filled in below from the main eps's choice
+            best = None
+            for i, config in enumerate(method_configs(self.cfg, method)):
+                scores = []
+                for ts in self.cfg["tune_seeds"]:
+                    rec = self.run_unit(self.unit_spec(method, config, ts, tune_eps))
+                    bar.update(1)
+                    scores.append(validation_score(rec["points"], E)
+                                  if rec["status"] == "ok" else -math.inf)
+                score = float(sum(scores) / len(scores))
+                tuning.append({"method": method, "eps": eps, "config_index": i,
+                               "config": config, "val_score": score,
+                               "status": "ok" if math.isfinite(score) else "infeasible"})
+                if best is None or score > best[0]:
+                    best = (score, i, config)
+            chosen[gkey] = {"method": method, "eps": eps, "config_index": best[1],
+                            "config": best[2], "val_score": best[0]}
+        if not self.cfg["tune_each_eps"]:
+            for method, eps in self._groups():
+                g = _group_name(method, eps)
+                if g not in chosen:
+                    main = chosen[_group_name(method, self.cfg["main_eps"])]
+                    chosen[g] = dict(main, eps=eps)
+        results: List[Dict[str, Any]] = []
+        for method, eps in self._groups():
+            sel = chosen[_group_name(method, eps)]
+            for seed in range(self.cfg["seeds"]):
+                rec = self.run_unit(self.unit_spec(method, sel["config"], seed, eps))
+                bar.update(1)
+                results.append(rec)
+        bar.close()
+        stats = {"computed_units": self.computed, "reused_units": self.reused,
+                 "wall_s": time.perf_counter() - t_start}
+        _atomic_json(os.path.join(self.out, "run_stats.json"), stats)
+        summary = write_outputs(self.out, self.cfg, tuning, chosen, results, echo=self.echo)
+        self.echo(f"units: {self.computed} computed, {self.reused} reused from {self.out}/units")
+        return summary
+
+
+def _group_name(method, eps) -> str:
+    return method if eps is None else f"{method}@{eps:g}"
