@@ -10,6 +10,8 @@ import sys
 
 from certunlearn_theory import cli as theory_cli
 
+from .experiments import cli as experiments_cli
+
 
 def _set_threads(n):
     if n is not None:
@@ -246,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     theory_cli.register(subparsers)
     _register_training(subparsers)
+    experiments_cli.register(subparsers)
     return parser
 
 
