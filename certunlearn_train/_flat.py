@@ -16,17 +16,33 @@ __all__ = ["FlatParameters", "PerSampleGradients", "LinearPerSampleClipping", "G
 
 
 class FlatParameters:
-    """Rebind every (distinct) parameter of ``model`` to a view of one contiguous buffer.
+    """Rebind (distinct) parameters of ``model`` to views of one contiguous buffer.
+
+    ``params`` selects the parameters that take part (default: all); only they become views of
+    the buffer and get gradients. The others get ``requires_grad=False`` until :meth:`release`,
+    so a ``backward()`` leaves them alone and they stay bit-identical.
 
     Attributes:
         flat: the (d,) parameter buffer; writing into it changes the model.
-        grad: the (d,) gradient buffer; ``p.grad`` of every parameter is a view into it, so a
-            plain ``backward()`` accumulates the full gradient there.
+        grad: the (d,) gradient buffer; ``p.grad`` of every selected parameter is a view into
+            it, so a plain ``backward()`` accumulates their full gradient there.
         names, params, offsets, numels: the layout, in ``named_parameters()`` order.
+        others: the parameters left out.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, params=None):
         named = list(model.named_parameters())  # shared parameters are listed once
+        if params is not None:
+            wanted = {id(p) for p in params}
+            known = {id(p) for _, p in named}
+            if not wanted <= known:
+                raise ValueError("params must be parameters of the model")
+            self.others = [p for _, p in named if id(p) not in wanted]
+            named = [(n, p) for n, p in named if id(p) in wanted]
+        else:
+            self.others = []
+        if not named:
+            raise ValueError("FlatParameters needs at least one parameter")
         self.names: List[str] = [n for n, _ in named]
         self.params: List[nn.Parameter] = [p for _, p in named]
         self.numels = [p.numel() for p in self.params]
@@ -38,6 +54,9 @@ class FlatParameters:
         self.flat = torch.empty(self.numel, dtype=first.dtype, device=first.device)
         self.grad = torch.zeros_like(self.flat)
         self._requires_grad = [p.requires_grad for p in self.params]
+        self._others_requires_grad = [p.requires_grad for p in self.others]
+        for p in self.others:
+            p.requires_grad_(False)
         for p, o, n in zip(self.params, self.offsets, self.numels):
             self.flat[o:o + n].copy_(p.detach().reshape(-1))
             p.data = self.flat[o:o + n].view_as(p)
@@ -48,10 +67,13 @@ class FlatParameters:
         return [(o, o + n) for o, n in zip(self.offsets, self.numels)]
 
     def release(self) -> None:
-        """Give every parameter its own storage again and drop the gradient views."""
+        """Give every parameter its own storage again, drop the gradient views, restore the
+        ``requires_grad`` flags."""
         for p, rg in zip(self.params, self._requires_grad):
             p.data = p.data.clone()
             p.grad = None
+            p.requires_grad_(rg)
+        for p, rg in zip(self.others, self._others_requires_grad):
             p.requires_grad_(rg)
 
 
@@ -137,9 +159,11 @@ class LinearPerSampleClipping:
     (1/B) sum_i s_i g_i a_i^T = (s * g)^T a / B is one matrix product per layer, written straight
     into the flat gradient buffer; no (B, d) tensor is ever formed (the "ghost clipping" identity
     of Goodfellow 2015, "Efficient per-example gradient computations"). Exactly the same quantity
-    as the torch.func route, only cheaper. Used only with the cross-entropy loss; any model or
-    call pattern it does not cover (a layer called twice, inputs that are not 2-D) raises
-    ``NotCovered`` and the caller falls back to torch.func.
+    as the torch.func route, only cheaper. Used only with the cross-entropy loss and only when
+    each parameter belongs to one ``nn.Linear`` called once per forward: shared (tied) weights
+    are refused by :meth:`applies`; a layer called twice, inputs that are not 2-D, or a weight
+    also used outside its module's call (checked on the first batch against autograd's
+    parameter gradients) raise ``NotCovered`` and the caller falls back to torch.func.
     """
 
     class NotCovered(Exception):
@@ -147,25 +171,40 @@ class LinearPerSampleClipping:
 
     @staticmethod
     def applies(model: nn.Module, flat: FlatParameters, loss_fn: Callable) -> bool:
+        """Whether every parameter of ``flat`` sits in exactly one ``nn.Linear`` registered once.
+
+        Parameters outside ``flat`` (public ones) may sit anywhere. A parameter shared by two
+        modules (tied weights) or a module registered under two names is refused here: its
+        per-sample gradient is the sum over its uses, which the per-layer identity does not
+        see. A layer called twice, or a weight used outside its module, is caught on the first
+        batch (``NotCovered``).
+        """
         import torch.nn.functional as F
         if loss_fn is not F.cross_entropy:
             return False
-        owned = set()
-        for m in model.modules():
-            direct = list(m.parameters(recurse=False))
-            if direct and type(m) is not nn.Linear:
-                return False
-            owned.update(id(p) for p in direct)
-        return len(owned) == len(flat.params) and all(id(p) in owned for p in flat.params)
+        mine = {id(p) for p in flat.params}
+        seen = {}
+        for _, m in model.named_modules(remove_duplicate=False):
+            for _, p in m.named_parameters(recurse=False, remove_duplicate=False):
+                if id(p) not in mine:
+                    continue
+                if type(m) is not nn.Linear:
+                    return False
+                seen[id(p)] = seen.get(id(p), 0) + 1
+        return set(seen) == mine and all(c == 1 for c in seen.values())
 
     def __init__(self, model: nn.Module, flat: FlatParameters):
         self.model, self.flat = model, flat
-        self.layers = [m for m in model.modules() if type(m) is nn.Linear]
         where = {id(p): (lo, hi) for p, (lo, hi) in zip(flat.params, flat.slices())}
-        self.slots = [(where[id(m.weight)], where[id(m.bias)] if m.bias is not None else None)
+        self.layers = [m for m in model.modules() if type(m) is nn.Linear and (
+            id(m.weight) in where or (m.bias is not None and id(m.bias) in where))]
+        # (weight slot, bias slot), None for a public (or absent) part
+        self.slots = [(where.get(id(m.weight)),
+                       where.get(id(m.bias)) if m.bias is not None else None)
                       for m in self.layers]
         self._inputs, self._outputs = {}, {}
         self._calls = {}
+        self._checked = False
 
     def _hook(self, module, inputs, output):
         key = id(module)
@@ -189,17 +228,44 @@ class LinearPerSampleClipping:
                 self._inputs[k].dim() != 2 or self._inputs[k].shape[0] != b for k in keys):
             raise self.NotCovered()
         outs = [self._outputs[k] for k in keys]
-        grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), outs)
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        if not self._checked:
+            # once: the per-layer sums g^T a must be the parameters' whole gradient; a weight
+            # also used outside its module's call (functionally, or by another module) is not
+            params = [p for m, slots in zip(self.layers, self.slots)
+                      for p, slot in zip((m.weight, m.bias), slots) if slot is not None]
+            both = torch.autograd.grad(loss, outs + params, retain_graph=False,
+                                       allow_unused=True)
+            grads = both[:len(outs)]
+            whole = iter(both[len(outs):])
+            for k, g, (w_slot, b_slot) in zip(keys, grads, self.slots):
+                parts = []
+                if w_slot is not None:
+                    parts.append((g.t() @ self._inputs[k], next(whole)))
+                if b_slot is not None:
+                    parts.append((g.sum(0), next(whole)))
+                for mine, true in parts:
+                    true = torch.zeros_like(mine) if true is None else true
+                    tol = 1e-4 * float(true.double().norm()) + 1e-30
+                    if float((mine.double() - true.double()).norm()) > tol:
+                        self._inputs.clear(); self._outputs.clear()
+                        raise self.NotCovered()
+            self._checked = True
+        else:
+            grads = torch.autograd.grad(loss, outs)
         sq = torch.zeros(b, dtype=torch.float64, device=out.device)
-        for m, k, g in zip(self.layers, keys, grads):
+        for k, g, (w_slot, b_slot) in zip(keys, grads, self.slots):
             a = self._inputs[k]
             gg = g.double().square().sum(1)
-            sq += gg * (a.double().square().sum(1) + (1.0 if m.bias is not None else 0.0))
+            sq += gg * ((a.double().square().sum(1) if w_slot is not None else 0.0)
+                        + (1.0 if b_slot is not None else 0.0))
         scale = ((clip / sq.sqrt().clamp_min(1e-300)).clamp(max=1.0) / b).to(out.dtype)
         for m, k, g, (w_slot, b_slot) in zip(self.layers, keys, grads, self.slots):
             sg = g * scale[:, None]
-            lo, hi = w_slot
-            torch.mm(sg.t(), self._inputs[k], out=out[lo:hi].view(m.out_features, m.in_features))
+            if w_slot is not None:
+                lo, hi = w_slot
+                torch.mm(sg.t(), self._inputs[k],
+                         out=out[lo:hi].view(m.out_features, m.in_features))
             if b_slot is not None:
                 torch.sum(sg, 0, out=out[b_slot[0]:b_slot[1]])
         self._inputs.clear(); self._outputs.clear()

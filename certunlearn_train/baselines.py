@@ -23,9 +23,12 @@ from torch import nn
 import torch.nn.functional as F
 
 from .certificates import RunCertificate, build_run_certificate, weights_sha256
-from .models import check_unlearnable
-from .train import as_tensors, check_model_fits_data, train
-from .unlearn import _param, check_finite_weights, clip_to_ball_, working_copy
+from .checks import MAX_STEPS, check_int, check_real
+from .models import check_buffers_constant
+from .train import (check_finite_model, check_model_fits_data, restore_modes, save_modes,
+                    steps_for_epochs, train)
+from .unlearn import (PrivateSpec, clip_to_ball_, frozen, prepare_run, public_record,
+                      working_copy)
 from ._flat import GradientSource
 
 __all__ = ["retrain", "output_perturbation", "dpsgd_train", "reinitialize_", "poisson_batch"]
@@ -36,102 +39,158 @@ def poisson_batch(n: int, q: float, generator: torch.Generator) -> torch.Tensor:
     return torch.nonzero(torch.rand(n, generator=generator, dtype=torch.float64) < q).flatten()
 
 
-def reinitialize_(model: nn.Module, seed: Optional[int] = None) -> nn.Module:
-    """Reset every parameter with its module's ``reset_parameters`` (seeded if ``seed`` is given)."""
-    missing = [name or type(m).__name__ for name, m in model.named_modules()
-               if any(True for _ in m.parameters(recurse=False))
-               and not hasattr(m, "reset_parameters")]
+def reinitialize_(model: nn.Module, seed: Optional[int] = None, private=None) -> nn.Module:
+    """Reset parameters with their modules' ``reset_parameters`` (seeded if ``seed`` is given).
+
+    ``private``: names of the parameters to reset (default: all); the others keep their values
+    bit for bit (a module holding both kinds is reset, then its public parameters are put back).
+    """
+    named = dict(model.named_parameters())
+    keep = {} if private is None else {
+        n: p.detach().clone() for n, p in named.items() if n not in set(private)}
+    chosen = {id(p) for n, p in named.items() if n not in keep}
+    modules = [(name, m) for name, m in model.named_modules()
+               if any(id(p) in chosen for p in m.parameters(recurse=False))]
+    missing = [name or type(m).__name__ for name, m in modules
+               if not hasattr(m, "reset_parameters")]
     if missing:
         raise ValueError(f"cannot re-initialise: module(s) {', '.join(missing)} have parameters "
                          "but no reset_parameters()")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        for m in model.modules():
-            if any(True for _ in m.parameters(recurse=False)):
-                m.reset_parameters()
+        for _, m in modules:
+            m.reset_parameters()
+    with torch.no_grad():
+        for n, v in keep.items():
+            named[n].copy_(v)
     return model
 
 
 def retrain(model: nn.Module, retain_data, *, epochs: float, lr: float, batch_size: int = 64,
-            forget_size: Optional[int] = None, seed: Optional[int] = None, device=None,
+            forget_size: Optional[int] = None, loss_fn: Callable = F.cross_entropy,
+            private: PrivateSpec = None,
+            epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
+            seed: Optional[int] = None, device=None,
             progress: bool = True) -> Tuple[nn.Module, RunCertificate]:
-    """Exact unlearning: a fresh copy of ``model``'s architecture trained on the retain set only."""
-    x, y = as_tensors(retain_data)
-    if len(y) == 0:
-        raise ValueError("retain_data is empty: nothing to retrain on")
+    """Exact unlearning: ``model``'s private parameters re-initialised and trained on the retain
+    set only (public ones, see :func:`certunlearn_train.unlearn`, are kept and stay frozen)."""
+    lr = check_real("lr", lr, low=0.0)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    if forget_size is not None:
+        forget_size = check_int("forget_size", forget_size, low=0)
+    device, x, y, priv, pub = prepare_run(model, retain_data, device=device, loss_fn=loss_fn,
+                                          private=private)
+    steps_for_epochs(epochs, len(y), batch_size)
     sha_before = weights_sha256(model)
-    fresh = reinitialize_(copy.deepcopy(model), seed)
-    if device is not None:
-        fresh.to(device)
-    train(fresh, (x, y), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-          progress=progress, desc="retrain")
+    fresh = copy.deepcopy(model).to(device)
+    reinitialize_(fresh, seed, priv if pub else None)
+    check_model_fits_data(fresh, x, y, loss_fn)
+    check_buffers_constant(fresh, x, y)
+    named = dict(fresh.named_parameters())
+    with frozen([named[n] for n in pub]):
+        train(fresh, (x, y), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+              loss_fn=loss_fn, epoch_callback=epoch_callback,
+              parameters=[named[n] for n in priv], progress=progress, desc="retrain")
     cert = build_run_certificate(
         method="retrain", sigma=None, eps=0.0, delta=0.0,
         parameters=dict(steps=None, epochs=float(epochs), lr=float(lr),
                         batch_size=int(batch_size)),
         retain_size=len(y), forget_size=forget_size, sha_before=sha_before,
-        sha_after=weights_sha256(fresh), seed_user_supplied=seed is not None)
+        sha_after=weights_sha256(fresh), seed_user_supplied=seed is not None,
+        public_parameters=public_record(fresh, pub))
     return fresh, cert
 
 
 def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: float, C0: float,
                         finetune_epochs: float = 0.0, finetune_lr: Optional[float] = None,
-                        batch_size: int = 64, forget_size: Optional[int] = None,
+                        batch_size: int = 64, finetune_batch_size: Optional[int] = None,
+                        forget_size: Optional[int] = None, loss_fn: Callable = F.cross_entropy,
+                        private: PrivateSpec = None,
+                        epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
                         seed: Optional[int] = None, device=None, inplace: bool = False,
                         progress: bool = True) -> Tuple[nn.Module, RunCertificate]:
-    """Clip to C0, add N(0, sigma^2 I) with sigma = 2 C0 / r*, then optional fine-tuning.
+    """Clip the private parameters to C0, add N(0, sigma^2 I) to them with sigma = 2 C0 / r*, then
+    optional fine-tuning of the private parameters (batches of ``finetune_batch_size``, default
+    ``batch_size``).
 
     r* = sup{r : theta_eps(r) <= delta} is the analytic Gaussian calibration
     (``certunlearn_theory.noise_for(..., method="output_perturbation")``, sigma rounded up).
     """
     import certunlearn_theory as ct
     from .ops import NoiseStream, gaussian_noise
-    C0 = _param("C0", C0, low=0.0)
-    check_unlearnable(model)
-    x, y = as_tensors(retain_data, device)
-    if len(y) == 0:
-        raise ValueError("retain_data is empty")
+    C0 = check_real("C0", C0, low=0.0)
+    finetune_epochs = check_real("finetune_epochs", finetune_epochs, low=0.0, low_open=False)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    finetune_batch_size = batch_size if finetune_batch_size is None else check_int(
+        "finetune_batch_size", finetune_batch_size, low=1)
     if finetune_epochs > 0 and finetune_lr is None:
         raise ValueError("finetune_epochs > 0 needs finetune_lr")
-    check_finite_weights(model)
+    if finetune_lr is not None:
+        finetune_lr = check_real("finetune_lr", finetune_lr, low=0.0)
+    if forget_size is not None:
+        forget_size = check_int("forget_size", forget_size, low=0)
+    device, x, y, priv, pub = prepare_run(model, retain_data, device=device, loss_fn=loss_fn,
+                                          private=private)
+    n = len(y)
+    if finetune_epochs > 0:
+        steps_for_epochs(finetune_epochs, n, finetune_batch_size, "finetune_epochs")
     sigma = float(ct.noise_for(eps, delta, 0, C0, None, None, method="output_perturbation"))
-    model, flat, sha_before = working_copy(model, inplace, device)
+    modes = save_modes(model)
+    model, flat, sha_before = working_copy(model, inplace, device, priv)
+    modes = list(zip(model.modules(), [m for _, m in modes]))
+    named = dict(model.named_parameters())
     try:
         if finetune_epochs > 0:  # fine-tuning must be able to run before the noise goes in
-            check_model_fits_data(model, x, y)
+            check_model_fits_data(model, x, y, loss_fn)
+            check_buffers_constant(model, x, y)
+        public = public_record(model, pub)
         noise = NoiseStream(seed)
         clip_to_ball_(flat.flat, C0)
         s, o = noise.take(flat.numel)
-        flat.flat.add_(gaussian_noise(flat.numel, s, o, device=flat.flat.device), alpha=sigma)
+        flat.flat.add_(gaussian_noise(flat.numel, s, o, device=flat.flat.device,
+                                      dtype=flat.flat.dtype), alpha=sigma)
     finally:
         flat.release()
+        restore_modes(modes)
     if finetune_epochs > 0:
-        train(model, (x, y), epochs=finetune_epochs, lr=finetune_lr, batch_size=batch_size,
-              seed=None if seed is None else seed + 1, progress=progress, desc="fine-tune")
+        with frozen([named[n] for n in pub]):
+            train(model, (x, y), epochs=finetune_epochs, lr=finetune_lr,
+                  batch_size=finetune_batch_size, seed=None if seed is None else seed + 1,
+                  loss_fn=loss_fn, epoch_callback=epoch_callback,
+                  parameters=[named[n] for n in priv], progress=progress, desc="fine-tune")
+    check_finite_model(model, "output perturbation")
+    params = dict(steps=0, C0=C0, C1=None, lr=None, lam=0.0, C2=None, sigma0=0.0,
+                  batch_size=int(batch_size), finetune_epochs=float(finetune_epochs),
+                  finetune_lr=finetune_lr)
+    if finetune_epochs > 0 and finetune_batch_size != batch_size:
+        params["finetune_batch_size"] = finetune_batch_size
     cert = build_run_certificate(
-        method="output_perturbation", sigma=sigma, eps=eps, delta=delta,
-        parameters=dict(steps=0, C0=C0, C1=None, lr=None, lam=0.0, C2=None, sigma0=0.0,
-                        batch_size=int(batch_size), finetune_epochs=float(finetune_epochs),
-                        finetune_lr=finetune_lr),
-        retain_size=len(y), forget_size=forget_size, sha_before=sha_before,
-        sha_after=weights_sha256(model), seed_user_supplied=noise.seed_is_user_supplied)
+        method="output_perturbation", sigma=sigma, eps=eps, delta=delta, parameters=params,
+        retain_size=n, forget_size=forget_size, sha_before=sha_before,
+        sha_after=weights_sha256(model), seed_user_supplied=noise.seed_is_user_supplied,
+        public_parameters=public)
     return model, cert
 
 
 def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group_size: int,
                 epochs: float, lr: float, clip: float, expected_batch_size: int = 64,
-                loss_fn: Callable = F.cross_entropy, seed: Optional[int] = None, device=None,
-                inplace: bool = False, progress: bool = True,
+                loss_fn: Callable = F.cross_entropy, private: PrivateSpec = None,
+                epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
+                seed: Optional[int] = None, device=None, inplace: bool = False,
+                progress: bool = True,
                 grad_buffer_bytes: int = 64 << 20) -> Tuple[nn.Module, RunCertificate]:
-    """Train ``model`` from its current weights with DP-SGD, (eps, delta)-private for groups of k.
+    """Train ``model``'s architecture from scratch with DP-SGD, (eps, delta)-private for groups of k.
 
-    Each step samples every training point independently with probability
+    The private parameters are first re-initialised (:func:`reinitialize_`, from ``seed``), so
+    the result does not depend on the weights given (which may have seen the data); public ones
+    are kept and frozen. Each step samples every training point independently with probability
     q = expected_batch_size / n, and applies
     x <- x - (lr / (q n)) (sum_i clip(g_i, C) + N(0, (z C)^2 I)), where the noise multiplier z is
     ``certunlearn_theory.dpsgd_noise_multiplier(eps, delta, q, steps, group_size=k)`` (group
-    privacy, THEORY.md section 7). Removing any k training points afterwards is then
-    (eps, delta)-unlearning with no further work.
+    privacy, THEORY.md section 7), with steps = ceil(epochs / q). Removing any k training points
+    afterwards is then (eps, delta)-unlearning with no further work. ``epoch_callback(i, model)``
+    runs after every ``round(1 / q)`` steps (one pass in expectation).
 
     Returns:
         ``(model, certificate)`` with ``method="dpsgd"``.
@@ -139,23 +198,35 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
     import certunlearn_theory as ct
     from tqdm.auto import tqdm
     from .ops import NoiseStream, noisy_step_
-    clip = _param("clip", clip, low=0.0)
-    lr = _param("lr", lr, low=0.0)
-    group_size = _param("group_size", group_size, low=1, low_open=False, integer=True)
-    expected_batch_size = _param("expected_batch_size", expected_batch_size, low=1,
-                                 low_open=False, integer=True)
-    check_unlearnable(model)
-    x, y = as_tensors(train_data, device)
+    clip = check_real("clip", clip, low=0.0)
+    lr = check_real("lr", lr, low=0.0)
+    group_size = check_int("group_size", group_size, low=1)
+    expected_batch_size = check_int("expected_batch_size", expected_batch_size, low=1)
+    epochs = check_real("epochs", epochs, low=0.0)
+    device, x, y, priv, pub = prepare_run(model, train_data, device=device, loss_fn=loss_fn,
+                                          private=private, name="train_data")
     n = len(y)
-    if n == 0:
-        raise ValueError("train_data is empty")
     if expected_batch_size > n:
         raise ValueError(f"expected_batch_size must be <= the {n} training points, got "
                          f"{expected_batch_size}")
     q = expected_batch_size / n
-    steps = max(1, math.ceil(_param("epochs", epochs, low=0.0) / q))
+    if epochs / q > MAX_STEPS:
+        raise ValueError(f"epochs must give at most {MAX_STEPS:.0e} steps, got {epochs!r} "
+                         f"epochs at sampling rate {q:.3g}")
+    steps = max(1, math.ceil(epochs / q))
     z = float(ct.dpsgd_noise_multiplier(eps, delta, q, steps, group_size=group_size))
-    model, flat, sha_before = working_copy(model, inplace, device)
+    modes = save_modes(model)
+    sha_before = weights_sha256(model)
+    if not inplace:
+        model = copy.deepcopy(model)
+    modes = list(zip(model.modules(), [m for _, m in modes]))
+    model.to(device)
+    fresh = reinitialize_(copy.deepcopy(model), seed, priv if pub else None)
+    check_model_fits_data(fresh, x, y, loss_fn)
+    check_buffers_constant(fresh, x, y)
+    model.load_state_dict(fresh.state_dict())
+    model, flat, _ = working_copy(model, True, None, priv)
+    public = public_record(model, pub)
     noise = NoiseStream(seed)
     gen = torch.Generator()
     gen.manual_seed(seed if seed is not None else secrets.randbits(63))
@@ -163,10 +234,11 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
                             int(expected_batch_size * 1.5) + 8, grad_buffer_bytes)
     zero_row = torch.zeros(1, flat.numel, dtype=flat.flat.dtype, device=flat.flat.device)
     denom = q * n
+    per_pass = max(1, round(1 / q))
+    cuda = [flat.flat.device] if flat.flat.device.type == "cuda" else []
     try:
-        check_model_fits_data(model, x, y, loss_fn)
         model.train()
-        for _ in tqdm(range(steps), desc="DP-SGD", disable=not progress, leave=False,
+        for t in tqdm(range(steps), desc="DP-SGD", disable=not progress, leave=False,
                       unit="step"):
             idx = poisson_batch(n, q, gen).to(x.device)
             s, o = noise.take(flat.numel)
@@ -177,13 +249,22 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
             lr_eff = lr * b / denom
             noisy_step_(flat.flat, grads, lr=lr_eff, clip=clip, noise_std=lr * z * clip / denom,
                         seed=s, offset=o)
+            if epoch_callback is not None and (t + 1) % per_pass == 0:
+                restore_modes(modes)
+                with torch.random.fork_rng(devices=cuda):
+                    epoch_callback((t + 1) // per_pass - 1, model)
+                model.train()
+        if not bool(torch.isfinite(flat.flat).all()):
+            raise ValueError("DP-SGD produced non-finite weights; lower lr")
     finally:
         flat.release()
+        restore_modes(modes)
     cert = build_run_certificate(
         method="dpsgd", sigma=z, eps=eps, delta=delta,
         parameters=dict(steps=steps, noise_multiplier=z, sampling_rate=q, group_size=group_size,
                         clip=clip, lr=lr, expected_batch_size=expected_batch_size,
                         train_size=n),
         retain_size=n - group_size, forget_size=group_size, sha_before=sha_before,
-        sha_after=weights_sha256(model), seed_user_supplied=noise.seed_is_user_supplied)
+        sha_after=weights_sha256(model), seed_user_supplied=noise.seed_is_user_supplied,
+        public_parameters=public)
     return model, cert

@@ -100,8 +100,14 @@ def _accountant_certificate(method: str, sigma: float, eps: float, delta: float,
 def build_run_certificate(*, method: str, sigma: Optional[float], eps: float, delta: float,
                           parameters: Mapping[str, Any], retain_size: int,
                           forget_size: Optional[int], sha_before: str, sha_after: str,
-                          seed_user_supplied: bool) -> "RunCertificate":
-    """Issue the accountant's certificate for the run and wrap it with the run's metadata."""
+                          seed_user_supplied: bool,
+                          public_parameters: Optional[Mapping[str, Any]] = None,
+                          ) -> "RunCertificate":
+    """Issue the accountant's certificate for the run and wrap it with the run's metadata.
+
+    ``public_parameters``: for a run that left some parameters untouched, their ``names``, the
+    ``sha256`` over them and the ``assumption`` under which the guarantee covers them.
+    """
     params = dict(parameters)
     if method == "retrain":
         acct, eps_c, delta_c = None, 0.0, 0.0
@@ -114,7 +120,8 @@ def build_run_certificate(*, method: str, sigma: Optional[float], eps: float, de
         retain_size=int(retain_size), forget_size=forget_size, model_sha256_before=sha_before,
         model_sha256_after=sha_after, accountant=acct, library_version=_versions(),
         noise_seed_user_supplied=bool(seed_user_supplied),
-        created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        public_parameters=None if public_parameters is None else dict(public_parameters))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +145,7 @@ class RunCertificate:
     noise_seed_user_supplied: bool
     created_utc: str
     format: str = FORMAT
+    public_parameters: Optional[Dict[str, Any]] = None
 
     # -- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -151,7 +159,7 @@ class RunCertificate:
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise CertificateError(f"unknown certificate field(s): {', '.join(unknown)}")
-        missing = [n for n in names if n not in data and n != "format"]
+        missing = [n for n in names if n not in data and n not in ("format", "public_parameters")]
         if missing:
             raise CertificateError(f"certificate is missing field(s): {', '.join(missing)}")
         return cls(**{n: data[n] for n in names if n in data})

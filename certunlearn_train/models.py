@@ -2,27 +2,34 @@
 
 The unlearning certificate covers the model's *parameters*: they are clipped, noised and fine-tuned.
 Anything else that is part of the released model and was computed from the training data would
-carry the forget set through untouched. :func:`check_unlearnable` therefore refuses, before any
-work is done:
+carry the forget set through untouched. Before any work is done, :func:`check_unlearnable`
+therefore refuses:
 
-* modules that keep running statistics (BatchNorm, InstanceNorm with ``track_running_stats``,
-  SyncBatchNorm): their buffers were estimated on the full training set, and in train mode they
-  mix the samples of a batch, so per-sample gradients are not defined;
+* every BatchNorm (and SyncBatchNorm): with running statistics its buffers were estimated on the
+  full training set; without them it normalises with the statistics of the current batch, which
+  mixes the samples of a batch (per-sample gradients are not defined, and the noisy steps run in
+  train mode). InstanceNorm is refused when it tracks running statistics;
 * any other floating-point buffer (same leak);
-* models with no parameters, non-float32 parameters, or parameters on several devices.
+* models with no parameters, non-float32 parameters, or parameters on several devices;
+
+and :func:`check_buffers_constant` refuses a model whose forward pass in train mode changes any
+buffer, integer ones included (a counter of batches seen, a running maximum of token ids):
+such state depends on the data and would not be unlearned. Constant integer buffers (index
+tables, position ids) are fine; they are recorded in the model hashes like everything else.
 
 GroupNorm and LayerNorm (parameters only, per-sample statistics) are fine.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["MLP", "SmallCNN", "build_model", "check_unlearnable", "UnsupportedModelError",
-           "MODELS"]
+__all__ = ["MLP", "SmallCNN", "build_model", "check_unlearnable", "check_buffers_constant",
+           "kept_buffers", "UnsupportedModelError", "MODELS"]
 
 MODELS = ("mlp", "cnn")
 
@@ -91,11 +98,12 @@ def check_unlearnable(model: nn.Module) -> None:
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     problems = []
     for name, module in model.named_modules():
-        if isinstance(module, _RUNNING_STATS) and (
-                getattr(module, "track_running_stats", False) or module.training):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) or (
+                isinstance(module, _RUNNING_STATS) and module.track_running_stats):
             problems.append(
                 f"{name or 'model'} ({type(module).__name__}) keeps running statistics estimated "
-                "on the training data and mixes the samples of a batch; use GroupNorm or LayerNorm")
+                "on the training data or mixes the samples of a batch; use GroupNorm or "
+                "LayerNorm")
     for name, buf in model.named_buffers():
         if buf is not None and buf.is_floating_point() and not any(
                 name.startswith(p) for p in _stat_prefixes(model)):
@@ -119,3 +127,47 @@ def _stat_prefixes(model):
     # buffers of the modules already reported as running-statistics modules
     return [f"{n}." if n else "" for n, m in model.named_modules()
             if isinstance(m, _RUNNING_STATS)]
+
+
+@contextlib.contextmanager
+def kept_buffers(model: nn.Module):
+    """Run a block, then put every buffer of ``model`` and its train/eval flags back as they were
+    (a check's forward pass must not leave state behind)."""
+    buffers = [b for _, b in model.named_buffers() if b is not None]
+    saved = [b.detach().clone() for b in buffers]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(buffers, saved):
+                if b.shape == s.shape:
+                    b.copy_(s)
+        for m, mode in modes:
+            m.training = mode
+
+
+def check_buffers_constant(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse a model whose forward in train mode changes a buffer (data-dependent state).
+
+    Runs the model on two samples without gradients in train mode and compares every buffer
+    with its value before; the buffers and the modules' train/eval flags are restored
+    afterwards, so the model is left bit-identical either way.
+    """
+    buffers = [(n, b) for n, b in model.named_buffers() if b is not None]
+    if not buffers:
+        return
+    saved = [b.detach().clone() for _, b in buffers]
+    with kept_buffers(model), torch.random.fork_rng(
+            devices=[x.device] if x.device.type == "cuda" else []):
+        model.train()
+        with torch.no_grad():
+            model(x[:2])
+        changed = [n for (n, b), s in zip(buffers, saved)
+                   if b.shape != s.shape or not torch.equal(b, s)]
+    if changed:
+        raise UnsupportedModelError(
+            f"model cannot be unlearned with a certificate: buffer(s) {', '.join(changed)} change "
+            "during a forward pass, so they hold state computed from the data that the "
+            "certificate (which covers parameters) would not unlearn; make them constant or "
+            "parameters")

@@ -22,42 +22,108 @@ guarantee the run has and lets anyone recompute it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import secrets
-from typing import Callable, Optional, Tuple
+import warnings
+from typing import Callable, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from .certificates import RunCertificate, build_run_certificate, weights_sha256
-from .models import check_unlearnable
-from .train import as_tensors, check_model_fits_data, epoch_batches, train
+from .checks import MAX_STEPS, check_choice, check_device, check_int, check_real
+from .models import check_buffers_constant, check_unlearnable
+from .train import (as_tensors, check_data_device, check_finite_model, check_model_fits_data,
+                    epoch_batches, restore_modes, save_modes, steps_for_epochs, train)
 from ._flat import FlatParameters, GradientSource
 
 __all__ = ["unlearn", "noisy_phase", "clip_to_ball_", "METHODS", "CLIP_MODES",
-           "batch_generator_seed"]
+           "batch_generator_seed", "select_private", "public_record", "PUBLIC_ASSUMPTION",
+           "prepare_run"]
 
 METHODS = ("gradient_clipping", "model_clipping")
 CLIP_MODES = ("per_sample", "batch")
 _BATCH_SEED_TAG = 0x5EED_BA7C
+PUBLIC_ASSUMPTION = "public parameters were fixed independently of the data being forgotten"
+
+PrivateSpec = Union[None, Callable[[str, nn.Parameter], bool], Iterable]
 
 
-def _param(name, value, *, low=None, low_open=True, integer=False, allow_inf=False):
-    ok = not isinstance(value, bool) and isinstance(value, (int, float))
-    if integer:
-        ok = ok and float(value).is_integer()
-    if ok:
-        v = float(value)
-        ok = not math.isnan(v) and (allow_inf or math.isfinite(v))
-        if ok and low is not None:
-            ok = v > low if low_open else v >= low
-    if not ok:
-        kind = "an integer" if integer else "a real number"
-        bound = "" if low is None else f" {'>' if low_open else '>='} {low}"
-        raise ValueError(f"{name} must be {kind}{bound}, got {value!r}")
-    return int(value) if integer else float(value)
+def select_private(model: nn.Module, private: PrivateSpec = None) -> Tuple[List[str], List[str]]:
+    """``(private_names, public_names)`` among ``model.named_parameters()``.
+
+    ``private`` is None (the parameters with ``requires_grad=True``), a predicate
+    ``(name, param) -> bool``, or an iterable of parameter names, submodules of ``model`` and
+    parameters (a module stands for all its parameters). A tied parameter may be named by any of
+    its names. At least one parameter must be private.
+    """
+    named = list(model.named_parameters())
+    if private is None:
+        chosen = {id(p) for _, p in named if p.requires_grad}
+        if not chosen:
+            raise ValueError("private=None selects the parameters with requires_grad=True, and "
+                             "this model has none; pass private= (names, modules or a predicate)")
+    elif callable(private) and not isinstance(private, nn.Module):
+        chosen = {id(p) for n, p in named if private(n, p)}
+    else:
+        items = [private] if isinstance(private, (str, nn.Module, nn.Parameter)) else private
+        try:
+            items = list(items)
+        except TypeError:
+            raise ValueError("private must be None, a predicate (name, param) -> bool, or a list "
+                             f"of parameter names, modules or parameters, got {private!r}"
+                             ) from None
+        aliases = dict(model.named_parameters(remove_duplicate=False))
+        ids_in_model = {id(p) for _, p in named}
+        chosen = set()
+        for it in items:
+            if isinstance(it, str):
+                if it not in aliases:
+                    raise ValueError(f"private names a parameter {it!r} that the model does not "
+                                     f"have; its parameters are {', '.join(n for n, _ in named)}")
+                chosen.add(id(aliases[it]))
+            elif isinstance(it, nn.Parameter):
+                if id(it) not in ids_in_model:
+                    raise ValueError("private lists a parameter that is not part of the model")
+                chosen.add(id(it))
+            elif isinstance(it, nn.Module):
+                if not any(m is it for m in model.modules()):
+                    raise ValueError(f"private lists a module ({type(it).__name__}) that is not "
+                                     "part of the model")
+                chosen.update(id(p) for p in it.parameters())
+            else:
+                raise ValueError("private must list parameter names, modules or parameters, got "
+                                 f"an item of type {type(it).__name__}")
+    priv = [n for n, p in named if id(p) in chosen]
+    if not priv:
+        raise ValueError(f"private selects no parameter of the model (private={private!r})")
+    return priv, [n for n, p in named if id(p) not in chosen]
+
+
+def public_record(model: nn.Module, public: List[str]) -> Optional[dict]:
+    """The certificate's record of the public parameters: names, SHA-256 and the assumption."""
+    if not public:
+        return None
+    params = dict(model.named_parameters())
+    return {"names": list(public),
+            "sha256": weights_sha256({n: params[n].detach() for n in public}),
+            "assumption": PUBLIC_ASSUMPTION}
+
+
+@contextlib.contextmanager
+def frozen(params: Iterable[nn.Parameter]):
+    """Set ``requires_grad=False`` on ``params`` for the block; restore the flags afterwards."""
+    saved = [(p, p.requires_grad) for p in params]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, rg in saved:
+            p.requires_grad_(rg)
 
 
 def batch_generator_seed(seed: int) -> int:
@@ -83,18 +149,49 @@ def check_finite_weights(model: nn.Module) -> None:
             raise ValueError(f"model weights must be finite: parameter {name} has NaN or inf")
 
 
-def working_copy(model: nn.Module, inplace: bool, device) -> Tuple[nn.Module, FlatParameters, str]:
-    """The model a run writes to, its flat parameter buffer and the SHA-256 of the weights given.
+def prepare_run(model: nn.Module, data, *, device, loss_fn: Callable, private: PrivateSpec,
+                name: str = "retain_data"):
+    """Everything a run checks before it touches a weight, in one place.
 
-    The model is a deep copy unless ``inplace``, moved to ``device`` when one is given; its
-    parameters become views into the returned :class:`FlatParameters`.
+    Refuses (ValueError) an unsupported model, a device that does not exist, data on another
+    device than the model (when ``device`` is None), complex or non-finite data, non-integer
+    class labels, non-finite weights and a private selection that selects nothing. Returns
+    ``(device, x, y, private_names, public_names)`` with the data on ``device``.
+    """
+    check_unlearnable(model)
+    dev = check_device(device)
+    src_device = next(model.parameters()).device
+    if dev is None:
+        check_data_device(data, src_device)
+        dev = src_device
+    dtype = next(model.parameters()).dtype
+    x, y = as_tensors(data, dev, dtype, loss_fn, name)
+    if len(y) == 0:
+        raise ValueError(f"{name} is empty: the run needs samples")
+    check_finite_weights(model)
+    priv, pub = select_private(model, private)
+    return dev, x, y, priv, pub
+
+
+def working_copy(model: nn.Module, inplace: bool, device, private: Optional[List[str]] = None,
+                 ) -> Tuple[nn.Module, FlatParameters, str]:
+    """The model a run writes to, its flat (private) parameter buffer and the SHA-256 of the
+    weights given.
+
+    The model is a deep copy unless ``inplace``, moved to ``device`` when one is given; the
+    parameters named in ``private`` (default: all) become views into the returned
+    :class:`FlatParameters`, the others get ``requires_grad=False`` until ``release()``.
     """
     sha_before = weights_sha256(model)
     if not inplace:
         model = copy.deepcopy(model)
     if device is not None:
         model.to(device)
-    return model, FlatParameters(model), sha_before
+    params = None
+    if private is not None:
+        named = dict(model.named_parameters())
+        params = [named[n] for n in private]
+    return model, FlatParameters(model, params=params), sha_before
 
 
 def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torch.Tensor, *,
@@ -110,6 +207,9 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
         grad_buffer_bytes: per-sample gradients go to a reused (B, d) buffer that the fused op
             clips row by row when it fits in this many bytes; otherwise they are clipped and
             averaged chunk by chunk into one row.
+
+    Raises:
+        ValueError: the weights end non-finite (the run diverged; no certificate may be issued).
     """
     from tqdm.auto import tqdm
     from .ops import noisy_step_
@@ -131,99 +231,141 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
         raise ValueError("the noisy phase produced non-finite weights; lower lr")
 
 
+def noisy_steps(method: str, lam: float, C0: float, C1: float, lr: float, n: int,
+                batch_size: int, steps, epochs) -> int:
+    """The number T of noisy steps from ``steps``/``epochs`` or the default (see :func:`unlearn`)."""
+    if steps is not None and epochs is not None:
+        raise ValueError(f"give steps or epochs, not both (got steps={steps!r}, epochs={epochs!r})")
+    if steps is not None:
+        return check_int("steps", steps, low=1, high=MAX_STEPS)
+    if epochs is not None:
+        check_real("epochs", epochs, low=0.0)
+        return max(1, steps_for_epochs(epochs, n, min(batch_size, n)))
+    if method == "gradient_clipping" and lam == 0.0:
+        T = C0 / (lr * C1)
+        if not T <= MAX_STEPS:
+            raise ValueError(f"the default number of steps C0 / (lr C1) = {T:.3g} exceeds "
+                             f"{MAX_STEPS:.0e}; give steps= or larger lr, C1")
+        return max(1, math.ceil(T))
+    raise ValueError(f"{method} with lam={lam} needs steps or epochs")
+
+
 def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             method: str = "gradient_clipping", steps: Optional[int] = None,
             epochs: Optional[float] = None, C0: float, C1: float = math.inf, lr: float,
             lam: float = 0.0, C2: Optional[float] = None, sigma0: float = 0.0,
             batch_size: int = 64, clip: str = "batch", finetune_epochs: float = 0.0,
-            finetune_lr: Optional[float] = None, forget_size: Optional[int] = None,
-            loss_fn: Callable = F.cross_entropy, seed: Optional[int] = None, device=None,
+            finetune_lr: Optional[float] = None, finetune_batch_size: Optional[int] = None,
+            forget_size: Optional[int] = None, loss_fn: Callable = F.cross_entropy,
+            private: PrivateSpec = None, seed: Optional[int] = None, device=None,
             inplace: bool = False, progress: bool = True,
             grad_buffer_bytes: int = 64 << 20,
             after_noisy_phase: Optional[Callable[[nn.Module], None]] = None,
+            epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
             ) -> Tuple[nn.Module, RunCertificate]:
     """Unlearn the forget set from ``model`` by noisy fine-tuning on ``retain_data``.
 
     Args:
         model: the trained model (float32 parameters; see :func:`check_unlearnable`).
-        retain_data: the retain set D \\ D_f as ``(x, y)``, a ``TensorDataset`` or an ``ArrayDataset``.
+        retain_data: the retain set D \\ D_f as ``(x, y)``, a ``TensorDataset`` or an
+            ``ArrayDataset``. Floating inputs/targets are cast to the parameters' dtype; integer
+            inputs (token ids) and targets (class labels) stay integer; shapes are kept.
         eps, delta: the target (eps, delta)-unlearning guarantee.
         method: ``"gradient_clipping"`` (needs a finite ``C1``) or ``"model_clipping"`` (needs
             ``C2``; ``C1`` optional, ``sigma0`` optional initial noise).
-        steps, epochs: the number T of noisy steps, directly or in passes over the retain set.
-            For gradient clipping with ``lam == 0`` the default is T = ceil(C0 / (lr C1)), where the
-            bound is tightest (THEORY.md section 5).
-        C0: radius the model is clipped to first. C1: gradient clipping radius. C2: model clipping
-            radius. lr: step size gamma. lam: weight decay lambda.
+        steps, epochs: the number T of noisy steps, directly or in passes over the retain set
+            (each pass ``ceil(n / batch_size)`` steps; a fractional part runs that fraction of
+            one more pass). For gradient clipping with ``lam == 0`` the default is
+            T = ceil(C0 / (lr C1)), where the bound is tightest (THEORY.md section 5); more steps
+            than that cannot lower the noise and give a warning. At most 1e8 steps.
+        C0: radius the private parameters are clipped to first. C1: gradient clipping radius.
+            C2: model clipping radius. lr: step size gamma. lam: weight decay lambda.
         batch_size: retain samples per noisy step. clip: ``"batch"`` or ``"per_sample"``.
-        finetune_epochs, finetune_lr: noise-free fine-tuning afterwards (SGD, momentum 0.9).
+        finetune_epochs, finetune_lr, finetune_batch_size: noise-free fine-tuning afterwards
+            (SGD, momentum 0.9, one optimizer for the whole run; the batch size defaults to
+            ``batch_size``).
         forget_size: number of forgotten points, recorded in the certificate.
+        loss_fn: ``loss_fn(outputs, targets)`` -> scalar mean over the batch, used by the noisy
+            steps and the fine-tuning (per-sample gradients call it on one sample at a time).
+        private: the parameters that depend on the private data: None (those with
+            ``requires_grad=True``), a predicate ``(name, param) -> bool``, or a list of
+            parameter names, modules and parameters. Only they are clipped, noised, stepped and
+            fine-tuned; the others stay bit-identical and are recorded in the certificate as
+            public (their names and SHA-256), under the assumption that they were fixed
+            independently of the forgotten data (THEORY.md section 10).
         seed: makes the noise and batches reproducible (tests, audits). Leave None in production:
             anyone who knows the seed can subtract the noise. The seed is never written out.
+        device: where to run (the model is moved there); None: the model's device, and the data
+            must be there too.
         inplace: modify ``model`` itself; by default a copy is unlearned and ``model`` is untouched.
         after_noisy_phase: called with the model after the noisy phase, before fine-tuning (to
             evaluate it; it must not modify the model).
+        epoch_callback: called as ``epoch_callback(epoch_index, model)`` after every whole pass
+            of the fine-tuning (see :func:`certunlearn_train.train.train`).
 
     Returns:
         ``(unlearned_model, certificate)``; the certificate's (eps, delta) is the accountant's,
-        recomputed from sigma (rounded up) and the parameters actually used.
+        recomputed from sigma (rounded up) and the parameters actually used. The returned
+        model's modules keep the train/eval flags of the model given.
 
     Raises:
         ValueError: invalid parameters (naming the parameter, the constraint and the value),
-            an unsupported model, non-finite weights or an empty retain set, before any work.
+            an unsupported model or data (see :func:`prepare_run`), before any weight is touched;
+            a run that diverges (non-finite loss or weights), with no certificate.
     """
     import certunlearn_theory as ct
     from .ops import NoiseStream, gaussian_noise
 
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if clip not in CLIP_MODES:
-        raise ValueError(f"clip must be one of {', '.join(CLIP_MODES)}, got {clip!r}")
-    C0 = _param("C0", C0, low=0.0)
-    lr = _param("lr", lr, low=0.0)
-    lam = _param("lam", lam, low=0.0, low_open=False)
-    C1 = _param("C1", C1, low=0.0, allow_inf=method == "model_clipping")
+    check_choice("method", method, METHODS)
+    check_choice("clip", clip, CLIP_MODES)
+    C0 = check_real("C0", C0, low=0.0)
+    lr = check_real("lr", lr, low=0.0)
+    lam = check_real("lam", lam, low=0.0, low_open=False)
+    C1 = check_real("C1", C1, low=0.0, allow_inf=method == "model_clipping")
     if method == "model_clipping":
         if C2 is None:
             raise ValueError("model_clipping needs the model clipping radius C2, got None")
-        C2 = _param("C2", C2, low=0.0)
-        sigma0 = _param("sigma0", sigma0, low=0.0, low_open=False)
+        C2 = check_real("C2", C2, low=0.0)
+        sigma0 = check_real("sigma0", sigma0, low=0.0, low_open=False)
     elif C2 is not None or sigma0:
         raise ValueError("C2 and sigma0 belong to model_clipping; gradient_clipping got "
                          f"C2={C2!r}, sigma0={sigma0!r}")
-    batch_size = _param("batch_size", batch_size, low=1, low_open=False, integer=True)
-    finetune_epochs = _param("finetune_epochs", finetune_epochs, low=0.0, low_open=False)
-    finetune_lr = lr if finetune_lr is None else _param("finetune_lr", finetune_lr, low=0.0)
-    check_unlearnable(model)
-    src_device = next(model.parameters()).device
-    device = torch.device(device) if device is not None else src_device
-    x, y = as_tensors(retain_data, device)
-    n = len(y)
-    if n == 0:
-        raise ValueError("retain_data is empty: the noisy steps need retained samples")
+    batch_size = check_int("batch_size", batch_size, low=1)
+    finetune_batch_size = batch_size if finetune_batch_size is None else check_int(
+        "finetune_batch_size", finetune_batch_size, low=1)
+    finetune_epochs = check_real("finetune_epochs", finetune_epochs, low=0.0, low_open=False)
+    finetune_lr = lr if finetune_lr is None else check_real("finetune_lr", finetune_lr, low=0.0)
+    grad_buffer_bytes = check_int("grad_buffer_bytes", grad_buffer_bytes, low=0)
     if forget_size is not None:
-        forget_size = _param("forget_size", forget_size, low=0, low_open=False, integer=True)
-    if steps is not None and epochs is not None:
-        raise ValueError(f"give steps or epochs, not both (got steps={steps!r}, epochs={epochs!r})")
-    if steps is not None:
-        T = _param("steps", steps, low=1, low_open=False, integer=True)
-    elif epochs is not None:
-        T = max(1, math.ceil(_param("epochs", epochs, low=0.0) * n / min(batch_size, n)))
-    elif method == "gradient_clipping" and lam == 0.0:
-        T = max(1, math.ceil(C0 / (lr * C1)))
-    else:
-        raise ValueError(f"{method} with lam={lam} needs steps or epochs")
-    check_finite_weights(model)
+        forget_size = check_int("forget_size", forget_size, low=0)
+    device, x, y, priv, pub = prepare_run(model, retain_data, device=device, loss_fn=loss_fn,
+                                          private=private)
+    n = len(y)
+    T = noisy_steps(method, lam, C0, C1, lr, n, batch_size, steps, epochs)
+    if finetune_epochs > 0:
+        steps_for_epochs(finetune_epochs, n, finetune_batch_size, "finetune_epochs")
+    if method == "gradient_clipping" and lam == 0.0 and T > C0 / (lr * C1) * (1 + 1e-9):
+        warnings.warn(f"steps={T} is more than C0 / (lr C1) = {C0 / (lr * C1):.4g}: for gradient "
+                      "clipping without weight decay the bound does not improve beyond that "
+                      "point, so the extra noisy steps cannot lower the noise", UserWarning,
+                      stacklevel=2)
 
     # The guarantee first: invalid eps/delta or an unreachable target fail before any work.
     acct_c1 = C1 if math.isfinite(C1) else None
     sigma = float(ct.noise_for(eps, delta, T, C0, acct_c1, lr, lam, method=method, C2=C2,
                                sigma0=sigma0))
-    model, flat, sha_before = working_copy(model, inplace, device)
+    modes = save_modes(model)
+    model, flat, sha_before = working_copy(model, inplace, device, priv)
+    modes_copy = list(zip(model.modules(), [m for _, m in modes]))
+    named = dict(model.named_parameters())
+    public_params = [named[n] for n in pub]
     try:
         check_model_fits_data(model, x, y, loss_fn)  # on `device`, before touching the weights
+        check_buffers_constant(model, x, y)
         if clip == "per_sample":  # refuse a non-vmap-able forward before touching the weights
             GradientSource(model, flat, clip, C1, loss_fn, 2, grad_buffer_bytes).probe(x, y)
+        restore_modes(modes_copy)
+        public = public_record(model, pub)
         noise = NoiseStream(seed)
         gen = torch.Generator()
         gen.manual_seed(batch_generator_seed(seed) if seed is not None
@@ -239,16 +381,27 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
                     loss_fn=loss_fn, grad_buffer_bytes=grad_buffer_bytes, progress=progress)
     finally:
         flat.release()
+        restore_modes(modes_copy)
     if after_noisy_phase is not None:
         after_noisy_phase(model)
+        restore_modes(modes_copy)
     if finetune_epochs > 0:
-        train(model, (x, y), epochs=finetune_epochs, lr=finetune_lr, batch_size=batch_size,
-              seed=None if seed is None else seed + 1, progress=progress, desc="fine-tune")
+        with frozen(public_params):
+            train(model, (x, y), epochs=finetune_epochs, lr=finetune_lr,
+                  batch_size=finetune_batch_size, seed=None if seed is None else seed + 1,
+                  loss_fn=loss_fn, epoch_callback=epoch_callback,
+                  parameters=[named[n] for n in priv], progress=progress, desc="fine-tune")
+    check_finite_model(model, "unlearning")
+    if public is not None and public_record(model, pub)["sha256"] != public["sha256"]:
+        raise RuntimeError("public parameters changed during the run")  # internal invariant
     params = dict(steps=T, C0=C0, C1=acct_c1, lr=lr, lam=lam, C2=C2, sigma0=sigma0,
                   batch_size=batch_size, clip=clip, finetune_epochs=finetune_epochs,
                   finetune_lr=finetune_lr if finetune_epochs > 0 else None)
+    if finetune_epochs > 0 and finetune_batch_size != batch_size:
+        params["finetune_batch_size"] = finetune_batch_size
     cert = build_run_certificate(
         method=method, sigma=sigma, eps=eps, delta=delta, parameters=params,
         retain_size=n, forget_size=forget_size, sha_before=sha_before,
-        sha_after=weights_sha256(model), seed_user_supplied=noise.seed_is_user_supplied)
+        sha_after=weights_sha256(model), seed_user_supplied=noise.seed_is_user_supplied,
+        public_parameters=public)
     return model, cert

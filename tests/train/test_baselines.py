@@ -76,7 +76,9 @@ def test_dpsgd_full_batch_step_matches_reference_and_certificate():
     lr, clip, k = 0.5, 0.2, 2
     out, cert = B.dpsgd_train(model, (x, y), eps=8.0, delta=1e-5, group_size=k, epochs=1,
                               lr=lr, clip=clip, expected_batch_size=16, seed=4, progress=False)
-    # q = 1: the one batch is the whole set; x <- x - lr/n sum clip(g_i) + lr/n z C N(0, I)
+    # q = 1: the one batch is the whole set; x <- x - lr/n sum clip(g_i) + lr/n z C N(0, I),
+    # from the architecture re-initialised with the seed (never from the weights given)
+    model = B.reinitialize_(copy.deepcopy(model), seed=4)
     z = cert.parameters["noise_multiplier"]
     assert cert.parameters["steps"] == 1 and cert.parameters["sampling_rate"] == 1.0
     rows = []
