@@ -92,6 +92,7 @@ _BASE: Dict[str, Any] = {
     "tune_each_eps": True,
     "threads": 1,
     "device": "cpu",
+    "transfer": None,
     "grids": _digits_grids(),
 }
 
@@ -142,6 +143,13 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         seeds=3, tune_seeds=[1000], eps=[1.0, 100.0], main_eps=1.0, n_configs=2,
         grids=_quick_grids()),
     # the paper's set-ups, from local files (data.root or --data-root); meant for a GPU
+    # public backbone (digits 0-4, frozen), private head (digits 5-9): unlearn the head only
+    "digits-transfer": _preset(
+        name="digits-transfer",
+        transfer={"public_classes": [0, 1, 2, 3, 4], "private": ["net.2.weight", "net.2.bias"],
+                  "backbone_epochs": 40},
+        original={"epochs": 30, "lr": 0.1, "batch_size": 64}, epochs=30, seeds=3,
+        eps=[0.5, 1.0, 2.0, 5.0, 10.0, 100.0]),
     "mnist": _preset(
         name="mnist",
         data={"name": "mnist", "root": None, "val_fraction": 1 / 12, "split_seed": 0,
@@ -250,6 +258,20 @@ def validate_experiment(cfg: Any) -> Dict[str, Any]:
     if not isinstance(tg, list) or not tg or not all(_is_num(t) and 0 <= t < 100 for t in tg):
         _fail("targets", "a non-empty list of accuracy drops in points, each in [0, 100)", tg)
     cfg["n_configs"] = _pos("n_configs", cfg["n_configs"], integer=True)
+    tr = cfg["transfer"]
+    if tr is not None:
+        if not isinstance(tr, dict) or set(tr) != {"public_classes", "private",
+                                                   "backbone_epochs"}:
+            _fail("transfer", "null or a mapping with public_classes, private, backbone_epochs",
+                  tr)
+        pc = tr["public_classes"]
+        if not isinstance(pc, list) or not pc or not all(
+                isinstance(c, int) and not isinstance(c, bool) for c in pc):
+            _fail("transfer.public_classes", "a non-empty list of class labels", pc)
+        pv = tr["private"]
+        if not isinstance(pv, list) or not pv or not all(isinstance(n, str) and n for n in pv):
+            _fail("transfer.private", "a non-empty list of parameter names", pv)
+        _pos("transfer.backbone_epochs", tr["backbone_epochs"])
     if cfg["threads"] is not None:
         cfg["threads"] = _pos("threads", cfg["threads"], integer=True)
     grids = cfg["grids"]
@@ -337,7 +359,7 @@ def load_config_file(path: str, **overrides) -> Dict[str, Any]:
                                     f"{base_name!r}")
     cfg = copy.deepcopy(PRESETS[base_name])
     for key, value in raw.items():
-        if key in ("data", "model", "original", "grids") and isinstance(value, dict) \
+        if key in ("data", "model", "original", "grids", "transfer") and isinstance(value, dict) \
                 and isinstance(cfg.get(key), dict):
             cfg[key] = dict(cfg[key], **value)
         else:

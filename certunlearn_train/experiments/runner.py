@@ -65,15 +65,30 @@ def _supports(fn, name) -> bool:
 
 
 class _Data:
-    """The splits of one experiment, as tensors on the device; forget sets per seed."""
+    """The splits of one experiment, as tensors on the device; forget sets per seed.
+
+    With ``transfer`` (``public_classes`` and ``private`` parameter names), the images of the
+    public classes train the backbone and are then set aside: training, validation, test and
+    forget sets hold the other (private) classes only.
+    """
 
     def __init__(self, cfg, device):
+        import numpy as np
         from ..data import load_dataset, train_test_split
         d = cfg["data"]
         kwargs = {}
         if d["name"] == "digits":
             kwargs = dict(test_fraction=d["test_fraction"], split_seed=d["split_seed"])
         train, test = load_dataset(d["name"], d.get("root"), **kwargs)
+        tr = cfg.get("transfer")
+        self.public_train = None
+        self.private = None
+        if tr:
+            pub = np.isin(train.y, tr["public_classes"])
+            self.public_train = train.subset(np.flatnonzero(pub))
+            train = train.subset(np.flatnonzero(~pub))
+            test = test.subset(np.flatnonzero(~np.isin(test.y, tr["public_classes"])))
+            self.private = list(tr["private"])
         self.train, self.val = train_test_split(train, test_fraction=d["val_fraction"],
                                                 seed=d["split_seed"] + 1)
         self.test = test
@@ -95,6 +110,21 @@ class _Data:
             self._split_cache = {seed: (retain.tensors(self.device), forget.tensors(self.device),
                                         self.train.tensors(self.device))}
         return self._split_cache[seed]
+
+    def private_parameters(self, model):
+        """The parameters a run may change: all, or the ``private`` ones of a transfer set-up."""
+        if self.private is None:
+            return list(model.parameters())
+        named = dict(model.named_parameters())
+        return [named[n] for n in self.private]
+
+    def public_record(self, model) -> Dict[str, Any]:
+        """``public_parameters=...`` for a certificate built here (empty without transfer)."""
+        if self.private is None:
+            return {}
+        from ..unlearn import public_record
+        pub = [n for n, _ in model.named_parameters() if n not in set(self.private)]
+        return {"public_parameters": public_record(model, pub)}
 
 
 class Experiment:
@@ -133,7 +163,7 @@ class Experiment:
     def _shared_spec(self) -> Dict[str, Any]:
         c = self.cfg
         return {"data": c["data"], "model": c["model"], "original": c["original"],
-                "epochs": c["epochs"], "format": FORMAT}
+                "epochs": c["epochs"], "transfer": c.get("transfer"), "format": FORMAT}
 
     def _build_model(self, seed_tag):
         import torch
@@ -162,12 +192,43 @@ class Experiment:
         else:
             o = self.cfg["original"]
             _, _, full = self.data.split(seed)
+            params = None
+            if self.data.private is not None:
+                model.load_state_dict(self.backbone().state_dict())
+                params = self.data.private_parameters(model)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(derive_seed("original-head", seed))
+                    for m in model.modules():  # a fresh head on the frozen public backbone
+                        if any(p is q for p in m.parameters(recurse=False) for q in params):
+                            m.reset_parameters()
             train(model, full, epochs=o["epochs"], lr=o["lr"], batch_size=o["batch_size"],
-                  seed=derive_seed("original-batches", seed), progress=False)
+                  seed=derive_seed("original-batches", seed), parameters=params,
+                  progress=False)
             buf = io.BytesIO()
             torch.save(model.state_dict(), buf)
             atomic_write_bytes(path, buf.getvalue())
         self._originals = {seed: model}
+        return model
+
+    def backbone(self):
+        """Transfer set-ups: the whole model trained on the public classes (cached on disk);
+        its non-private parameters are the frozen public backbone of every run."""
+        import torch
+        from ..certificates import atomic_write_bytes
+        from ..train import train
+        spec = dict(self._shared_spec(), kind="backbone")
+        path = os.path.join(self.out, "originals", unit_key(spec) + ".pt")
+        model = self._build_model(("backbone-init",))
+        if os.path.exists(path):
+            model.load_state_dict(torch.load(path, map_location=self.device))
+            return model
+        tr = self.cfg["transfer"]
+        train(model, self.data.public_train.tensors(self.device), epochs=tr["backbone_epochs"],
+              lr=self.cfg["original"]["lr"], batch_size=self.cfg["original"]["batch_size"],
+              seed=derive_seed("backbone-batches"), progress=False)
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        atomic_write_bytes(path, buf.getvalue())
         return model
 
     # ------------------------------------------------------------------------------------------
@@ -194,27 +255,10 @@ class Experiment:
         self.computed += 1
         return rec
 
-    def _evaluate(self, model, retain_like=None) -> Dict[str, float]:
+    def _evaluate(self, model) -> Dict[str, float]:
         from ..evaluate import accuracy
         return {"test_acc": accuracy(model, *self.data.test_t),
                 "val_acc": accuracy(model, *self.data.val_t)}
-
-    def _finetune(self, model, retain, *, epochs, lr, batch_size, seed, points, start_epochs,
-                  start_wall) -> float:
-        """``epochs`` passes of SGD (momentum 0.9) over ``retain``, one evaluated point per pass.
-
-        Returns the training wall time (evaluation excluded).
-        """
-        from ..train import train
-        spent = 0.0
-        for e in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            train(model, retain, epochs=1, lr=lr, batch_size=batch_size,
-                  seed=derive_seed(seed, "finetune", e), progress=False)
-            spent += time.perf_counter() - t0
-            points.append(dict(self._evaluate(model), epochs=start_epochs + e,
-                               wall_s=start_wall + spent, phase="train"))
-        return spent
 
     def _save_cert(self, cert, key, model) -> str:
         cert.verify(model)
@@ -223,69 +267,139 @@ class Experiment:
         return rel
 
     def _compute(self, spec, key) -> Dict[str, Any]:
+        """Run one unit: the method's work after the request, evaluated after the noisy phase
+        (or at the start) and after every pass of noise-free training."""
         import torch
+        from ..baselines import dpsgd_train, output_perturbation, reinitialize_, retrain
         from ..certificates import build_run_certificate, weights_sha256
+        from ..train import train
+        from ..unlearn import unlearn
         method, cfg, seed = spec["method"], spec["config"], spec["seed"]
         retain, forget, full = self.data.split(seed)
-        n_retain = len(retain[1])
+        n_retain, n_forget = len(retain[1]), len(forget[1])
         E = self.cfg["epochs"]
-        points: List[Dict[str, Any]] = []
-        times = {"pre_request_s": 0.0, "noisy_s": 0.0, "train_s": 0.0}
+        private = self.data.private
         rec = {"key": key, "spec": spec, "method": method, "seed": seed,
                "eps": spec.get("eps"), "delta": spec.get("delta"), "config": cfg,
                "status": "ok", "error": None, "noisy_epochs": 0.0, "certificate": None,
                "certified_epsilon": None, "certified_delta": None, "sigma": None,
-               "n_retain": n_retain, "n_forget": len(forget[1])}
+               "n_retain": n_retain, "n_forget": n_forget}
+        times = {"pre_request_s": 0.0, "noisy_s": 0.0, "train_s": 0.0}
+        points: List[Dict[str, Any]] = []
+        clock = {"t0": 0.0, "eval": 0.0, "noisy_end": None}
+        start_epochs = [0.0]
+
+        def point(model, epochs, phase):
+            t = time.perf_counter()
+            wall = t - clock["t0"] - clock["eval"]
+            points.append(dict(self._evaluate(model), epochs=epochs, wall_s=wall, phase=phase))
+            clock["eval"] += time.perf_counter() - t
+
+        def after_noisy(model):
+            clock["noisy_end"] = time.perf_counter() - clock["t0"] - clock["eval"]
+            point(model, start_epochs[0], "noisy")
+
+        def per_epoch(i, model):
+            point(model, start_epochs[0] + i + 1, "train")
+
+        def start():
+            clock.update(t0=time.perf_counter(), eval=0.0, noisy_end=None)
+
+        def stop():
+            return time.perf_counter() - clock["t0"] - clock["eval"]
+
         noise_seed = derive_seed(seed, method, "noise", _canonical(cfg))
+        train_seed = derive_seed(seed, method, "train", _canonical(cfg))
+        common = dict(forget_size=n_forget, private=private, progress=False)
         try:
-            if method in ("gradient_clipping", "model_clipping", "output_perturbation"):
-                original = self.original(seed)
-                if method == "output_perturbation":
-                    from ..baselines import output_perturbation
-                    t0 = time.perf_counter()
-                    model, cert = output_perturbation(
-                        original, retain, eps=spec["eps"], delta=spec["delta"], C0=cfg["C0"],
-                        batch_size=cfg["batch_size"], forget_size=len(forget[1]),
-                        seed=noise_seed, progress=False)
-                    times["noisy_s"] = time.perf_counter() - t0
+            if method in ("gradient_clipping", "model_clipping"):
+                kw = dict(C0=cfg["C0"], lr=cfg["noisy_lr"], lam=cfg["lam"], steps=cfg["steps"],
+                          batch_size=cfg["noisy_batch"], clip="batch")
+                if method == "gradient_clipping":
+                    kw["C1"] = (cfg["C0"] / (cfg["noisy_lr"] * cfg["steps"])
+                                if cfg["C1"] == "natural" else cfg["C1"])
                 else:
-                    from ..unlearn import unlearn
-                    kw = dict(C0=cfg["C0"], lr=cfg["noisy_lr"], lam=cfg["lam"],
-                              steps=cfg["steps"], batch_size=cfg["noisy_batch"], clip="batch")
-                    if method == "gradient_clipping":
-                        C1 = cfg["C1"]
-                        kw["C1"] = (cfg["C0"] / (cfg["noisy_lr"] * cfg["steps"])
-                                    if C1 == "natural" else C1)
-                    else:
-                        kw["C2"] = cfg["C2"]
-                    t0 = time.perf_counter()
-                    model, cert = unlearn(original, retain, eps=spec["eps"],
-                                          delta=spec["delta"], method=method,
-                                          forget_size=len(forget[1]), seed=noise_seed,
-                                          progress=False, **kw)
-                    times["noisy_s"] = time.perf_counter() - t0
-                    rec["noisy_epochs"] = cfg["steps"] * min(cfg["noisy_batch"], n_retain) \
-                        / n_retain
+                    kw["C2"] = cfg["C2"]
+                start_epochs[0] = cfg["steps"] * min(cfg["noisy_batch"], n_retain) / n_retain
+                rec["noisy_epochs"] = start_epochs[0]
+                original = self.original(seed)
+                start()
+                model, cert = unlearn(
+                    original, retain, eps=spec["eps"], delta=spec["delta"], method=method,
+                    finetune_epochs=E, finetune_lr=cfg["lr"],
+                    finetune_batch_size=cfg["batch_size"], seed=noise_seed,
+                    after_noisy_phase=after_noisy, epoch_callback=per_epoch, **common, **kw)
+                total = stop()
+                times["noisy_s"] = clock["noisy_end"]
+                times["train_s"] = total - clock["noisy_end"]
+            elif method == "output_perturbation":
+                original = self.original(seed)
+                op = dict(eps=spec["eps"], delta=spec["delta"], C0=cfg["C0"], seed=noise_seed,
+                          batch_size=cfg["batch_size"], **common)
+                start()
+                noisy, _ = output_perturbation(original, retain, **op)  # same noise, no training
+                times["noisy_s"] = stop()
+                point(noisy, 0.0, "noisy")
+                del noisy
+                start()
+                model, cert = output_perturbation(original, retain, finetune_epochs=E,
+                                                  finetune_lr=cfg["lr"],
+                                                  epoch_callback=per_epoch, **op)
+                times["train_s"] = max(stop() - times["noisy_s"], 0.0)
+                for p in points[1:]:
+                    p["wall_s"] += times["noisy_s"]
             elif method == "dpsgd_group":
-                from ..baselines import dpsgd_train
-                init = self._build_model(("dpsgd-init", seed, _canonical(cfg)))
-                t0 = time.perf_counter()
-                model, cert = dpsgd_train(
-                    init, full, eps=spec["eps"], delta=spec["delta"],
-                    group_size=len(forget[1]), epochs=cfg["dp_epochs"], lr=cfg["dp_lr"],
+                # trained before the request with DP-SGD on the full training set (retain and
+                # forget), private for groups of the forget set's size; fine-tuned on the retain
+                # set after the request (post-processing)
+                start()
+                dp_model, cert = dpsgd_train(
+                    self.original(seed), full, eps=spec["eps"], delta=spec["delta"],
+                    group_size=n_forget, epochs=cfg["dp_epochs"], lr=cfg["dp_lr"],
                     clip=cfg["clip"], expected_batch_size=cfg["dp_batch"], seed=noise_seed,
-                    progress=False)
-                times["pre_request_s"] = time.perf_counter() - t0
-            else:  # retrain, retrain_init_scale: exact, from a fresh default initialisation
-                model = self._build_model(("retrain-init", seed, method, _canonical(cfg)))
-                scale = cfg.get("init_scale", 1.0)
-                if scale != 1.0:
-                    with torch.no_grad():
-                        for p in model.parameters():
-                            p.mul_(scale)
+                    private=private, progress=False)
+                times["pre_request_s"] = stop()
+                rec["certificate"] = self._save_cert(cert, key, dp_model)
+                rec.update(certified_epsilon=cert.epsilon, certified_delta=cert.delta,
+                           sigma=cert.sigma)
                 cert = None
+                model = dp_model
+                start()
+                point(model, 0.0, "init")
+                train(model, retain, epochs=E, lr=cfg["lr"], batch_size=cfg["batch_size"],
+                      seed=train_seed, epoch_callback=per_epoch,
+                      parameters=self.data.private_parameters(model), progress=False)
+                times["train_s"] = stop()
+            elif method == "retrain":
+                start()
+                model, cert = retrain(self.original(seed), retain, epochs=E, lr=cfg["lr"],
+                                      batch_size=cfg["batch_size"], seed=train_seed,
+                                      epoch_callback=per_epoch, **common)
+                times["train_s"] = stop()
+            else:  # retrain_init_scale: the control
+                original = self.original(seed)
+                model = reinitialize_(copy.deepcopy(original), train_seed, private)
+                params = self.data.private_parameters(model)
+                with torch.no_grad():
+                    for p in params:
+                        p.mul_(cfg["init_scale"])
+                start()
+                point(model, 0.0, "init")
+                train(model, retain, epochs=E, lr=cfg["lr"], batch_size=cfg["batch_size"],
+                      seed=train_seed, epoch_callback=per_epoch, parameters=params,
+                      progress=False)
+                times["train_s"] = stop()
+                cert = build_run_certificate(
+                    method="retrain", sigma=None, eps=0.0, delta=0.0,
+                    parameters=dict(steps=None, epochs=float(E), lr=float(cfg["lr"]),
+                                    batch_size=int(cfg["batch_size"]),
+                                    init_scale=float(cfg["init_scale"])),
+                    retain_size=n_retain, forget_size=n_forget,
+                    sha_before=weights_sha256(original), sha_after=weights_sha256(model),
+                    seed_user_supplied=True, **self.data.public_record(model))
         except ValueError as exc:
-            # the accountant cannot reach (eps, delta) with these knobs, or similar: recorded
+            # e.g. the accountant cannot reach (eps, delta) with these knobs, or the run
+            # diverged: recorded, scored -inf, never chosen while another configuration works
             rec.update(status="infeasible", error=str(exc).splitlines()[0][:500], points=[],
                        times=times)
             return rec
@@ -293,26 +407,7 @@ class Experiment:
             rec["certificate"] = self._save_cert(cert, key, model)
             rec.update(certified_epsilon=cert.epsilon, certified_delta=cert.delta,
                        sigma=cert.sigma)
-        start = rec["noisy_epochs"]
-        points.append(dict(self._evaluate(model), epochs=start, wall_s=times["noisy_s"],
-                           phase="noisy" if method in CERTIFIED else "init"))
-        sha_before_train = weights_sha256(model)
-        times["train_s"] = self._finetune(
-            model, retain, epochs=E, lr=cfg["lr"], batch_size=cfg["batch_size"],
-            seed=derive_seed(seed, method, "train", _canonical(cfg)), points=points,
-            start_epochs=start, start_wall=times["noisy_s"])
-        if method in EPS_FREE:
-            cert = build_run_certificate(
-                method="retrain", sigma=None, eps=0.0, delta=0.0,
-                parameters=dict(steps=None, epochs=float(E), lr=float(cfg["lr"]),
-                                batch_size=int(cfg["batch_size"]),
-                                init_scale=float(cfg.get("init_scale", 1.0))),
-                retain_size=n_retain, forget_size=len(forget[1]),
-                sha_before=weights_sha256(self.original(seed)), sha_after=weights_sha256(model),
-                seed_user_supplied=True)
-            rec["certificate"] = self._save_cert(cert, key, model)
-            rec.update(certified_epsilon=0.0, certified_delta=0.0)
-        rec["fine_tune_from_sha256"] = sha_before_train
+        points.sort(key=lambda p: p["epochs"])
         rec["points"] = points
         rec["times"] = times
         return rec
