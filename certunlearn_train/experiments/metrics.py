@@ -102,3 +102,33 @@ def curve_matrix(curves: List[Sequence[Dict]], key: str = "test_acc"):
         ys = np.array([p[key] for p in c], dtype=float)
         rows.append(np.interp(grid, xs, ys))
     return grid, np.vstack(rows)
+
+
+def saving_line(noisy_epochs: float, noisy_acc: float, unlearn_accs: Sequence[float],
+                retrain_accs: Sequence[float], drop: float = 1.0) -> str:
+    """One line comparing one unlearning run with one retraining run (used by the demo).
+
+    The target is the retrain's final test accuracy minus ``drop`` points; ``unlearn_accs`` and
+    ``retrain_accs`` are the test accuracies after each pass (the unlearning's start after
+    ``noisy_epochs`` with ``noisy_acc``).
+    """
+    if not retrain_accs:
+        raise ValueError("retrain_accs must hold at least one epoch's accuracy")
+    target = retrain_accs[-1] - drop / 100.0
+    u = epochs_to_target([{"epochs": noisy_epochs, "test_acc": noisy_acc}] +
+                         [{"epochs": noisy_epochs + i + 1, "test_acc": a}
+                          for i, a in enumerate(unlearn_accs)], target)
+    r = epochs_to_target([{"epochs": i + 1, "test_acc": a} for i, a in enumerate(retrain_accs)],
+                         target)
+    head = (f"epochs to reach the retrained test accuracy minus {drop:g} point "
+            f"({target:.3f}): ")
+    if u is None:
+        return head + (f"unlearning never within {noisy_epochs + len(unlearn_accs):g} "
+                       f"(retraining {r:g}): no saving")
+    if r is None:  # pragma: no cover - the retrain's last epoch reaches its own accuracy
+        return head + f"unlearning {u:.2f}, retraining never"
+    change = 1.0 - u / r
+    verdict = (f"saving {100 * change:.0f}%" if change > 0 else
+               "no saving" if change == 0 else f"no saving ({100 * -change:.0f}% more)")
+    return head + (f"unlearning {u:.2f} (noisy phase {noisy_epochs:.2f}), retraining {r:g}: "
+                   f"{verdict} (one seed; see `certunlearn experiment`)")

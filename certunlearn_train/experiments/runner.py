@@ -392,8 +392,7 @@ class Experiment:
                 cert = build_run_certificate(
                     method="retrain", sigma=None, eps=0.0, delta=0.0,
                     parameters=dict(steps=None, epochs=float(E), lr=float(cfg["lr"]),
-                                    batch_size=int(cfg["batch_size"]),
-                                    init_scale=float(cfg["init_scale"])),
+                                    batch_size=int(cfg["batch_size"])),
                     retain_size=n_retain, forget_size=n_forget,
                     sha_before=weights_sha256(original), sha_after=weights_sha256(model),
                     seed_user_supplied=True, **self.data.public_record(model))

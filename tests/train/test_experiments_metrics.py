@@ -161,3 +161,16 @@ def test_config_file_replaces_preset_keys(tmp_path):
     p.write_text("preset: nope\n")
     with pytest.raises(ExperimentConfigError, match="preset must be one of"):
         load_config_file(str(p))
+
+
+def test_saving_line_known_answers():
+    from certunlearn_train.experiments.metrics import saving_line
+    retrain = [0.3, 0.8, 0.9, 0.95, 0.96]  # target 0.95: retraining needs 4 epochs
+    line = saving_line(0.5, 0.1, [0.5, 0.96], retrain)
+    assert "(0.950)" in line and "unlearning 2.50" in line and "retraining 4" in line
+    assert "saving 38%" in line  # 1 - 2.5 / 4
+    assert "no saving (38% more)" in saving_line(0.5, 0.1, [0.5, 0.6, 0.7, 0.8, 0.97], retrain)
+    assert "unlearning 0.50" in saving_line(0.5, 0.99, [0.5], retrain)  # at the noisy phase
+    assert saving_line(0.5, 0.1, [0.5, 0.6], retrain).endswith("no saving")
+    with pytest.raises(ValueError, match="retrain_accs"):
+        saving_line(0.5, 0.1, [0.5], [])
