@@ -365,7 +365,7 @@ class Experiment:
                 cert = None
                 model = dp_model
                 start()
-                point(model, 0.0, "init")
+                point(model, 0.0, "noisy")
                 train(model, retain, epochs=E, lr=cfg["lr"], batch_size=cfg["batch_size"],
                       seed=train_seed, epoch_callback=per_epoch,
                       parameters=self.data.private_parameters(model), progress=False)

@@ -64,8 +64,10 @@ def summarize(cfg: Dict[str, Any], results: List[Dict[str, Any]],
                 [None] * (len(runs) - len(ok))
             wtt = [wall_to_target(r["points"], target) for r in ok]
             m, s, reached, n = mean_spread(ept)
-            after = mean_spread([r["points"][0]["test_acc"] for r in ok if r["points"]
-                                 and r["points"][0]["phase"] == "noisy"])
+            # certified methods: the first point is the model right after the noise (for
+            # dpsgd_group, the DP-SGD model); the exact methods have no such point
+            after = mean_spread([r["points"][0]["test_acc"] for r in ok
+                                 if r["points"] and method in CERTIFIED])
             final = mean_spread([r["points"][-1]["test_acc"] for r in ok])
             times = {k: mean_spread([r["times"][k] for r in ok])[0]
                      for k in ("pre_request_s", "noisy_s", "train_s")}
