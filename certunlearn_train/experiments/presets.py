@@ -135,8 +135,8 @@ def _image_grids(lrs, batches, c0s):
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # the default: ~15 minutes on 2 CPU cores
-    "digits": _preset(name="digits"),
+    # the default: about 13 minutes on 2 CPU cores (one thread)
+    "digits": _preset(name="digits", seeds=5),
     # the smoke test: seconds on 2 CPU cores (the test suite runs it)
     "digits-quick": _preset(
         name="digits-quick", original={"epochs": 10, "lr": 0.1, "batch_size": 64}, epochs=6,
