@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
-
-import numpy as np
+from typing import Dict, Optional
 
 from .metrics import curve_matrix
 from .presets import CERTIFIED, EPS_FREE, METHOD_NAMES

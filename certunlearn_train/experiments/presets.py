@@ -23,6 +23,11 @@ momentum 0.9). Method knobs:
 
 The configuration is chosen per method (and per eps for the eps-dependent methods) on a
 validation split carved from the training data, never on the test set.
+
+Presets: ``digits`` (the default), ``digits-quick`` (the smoke test), ``digits-transfer`` (a
+backbone trained on digits 0-4 and frozen as public parameters, a head trained on digits 5-9,
+unlearning of the head only: ``unlearn(..., private=...)``), ``mnist`` and ``cifar10`` (the
+paper's set-ups from local files, for a GPU).
 """
 from __future__ import annotations
 
@@ -317,18 +322,11 @@ def method_configs(cfg: Dict[str, Any], method: str) -> List[Dict[str, Any]]:
 
 
 def get_preset(name: str, **overrides) -> Dict[str, Any]:
-    """A validated copy of preset ``name`` with top-level keys replaced by ``overrides``."""
+    """A validated copy of preset ``name`` with top-level keys replaced by ``overrides``
+    (``data_root`` sets ``data.root``; None values are ignored)."""
     if name not in PRESETS:
         raise ExperimentConfigError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
-    cfg = copy.deepcopy(PRESETS[name])
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key == "data_root":
-            cfg["data"]["root"] = value
-        else:
-            cfg[key] = value
-    return validate_experiment(cfg)
+    return get_preset_from_dict(PRESETS[name], **overrides)
 
 
 def load_config_file(path: str, **overrides) -> Dict[str, Any]:
@@ -377,6 +375,7 @@ def load_config_file(path: str, **overrides) -> Dict[str, Any]:
 
 
 def get_preset_from_dict(cfg: Dict[str, Any], **overrides) -> Dict[str, Any]:
+    """:func:`get_preset` for a configuration given as a mapping."""
     cfg = copy.deepcopy(cfg)
     for key, value in overrides.items():
         if value is None:

@@ -22,15 +22,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import inspect
 import json
 import math
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from .metrics import validation_score
-from .presets import CERTIFIED, EPS_FREE, METHOD_NAMES, method_configs
+from .presets import CERTIFIED, METHOD_NAMES, method_configs
 
 __all__ = ["Experiment", "unit_key", "derive_seed", "FORMAT"]
 
@@ -55,13 +54,6 @@ def derive_seed(*parts) -> int:
 def _atomic_json(path: str, obj) -> None:
     from ..certificates import atomic_write_bytes
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
-
-def _supports(fn, name) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
 
 
 class _Data:
