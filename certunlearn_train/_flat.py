@@ -237,6 +237,9 @@ class LinearPerSampleClipping:
             both = torch.autograd.grad(loss, outs + params, retain_graph=False,
                                        allow_unused=True)
             grads = both[:len(outs)]
+            if any(g is None for g in grads):  # a layer whose output the loss does not use
+                self._inputs.clear(); self._outputs.clear()
+                raise self.NotCovered()
             whole = iter(both[len(outs):])
             for k, g, (w_slot, b_slot) in zip(keys, grads, self.slots):
                 parts = []

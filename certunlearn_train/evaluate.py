@@ -7,7 +7,7 @@ looks like data the model never saw; a model trained on the forget set typically
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -30,11 +30,16 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def per_sample_losses(model: nn.Module, x, y) -> np.ndarray:
-    """Cross-entropy loss of every sample (float64 numpy array)."""
+def per_sample_losses(model: nn.Module, x, y, loss_fn: Optional[Callable] = None) -> np.ndarray:
+    """Loss of every sample (float64 numpy array): cross-entropy by default, else
+    ``loss_fn(outputs[i:i+1], y[i:i+1])`` for each sample i, in float64."""
     x, y = torch.as_tensor(x), torch.as_tensor(y)
-    logits = _predict(model, x)
-    return F.cross_entropy(logits.double(), y, reduction="none").numpy()
+    outputs = _predict(model, x).double()
+    if loss_fn is None or loss_fn is F.cross_entropy:
+        return F.cross_entropy(outputs, y.long(), reduction="none").numpy()
+    y = y.double() if y.is_floating_point() else y.long()
+    return np.array([float(loss_fn(outputs[i:i + 1], y[i:i + 1])) for i in range(len(y))],
+                    dtype=np.float64)
 
 
 def accuracy(model: nn.Module, x, y) -> float:
@@ -57,18 +62,28 @@ def auc(positive_scores, negative_scores) -> float:
     return float(u / (pos.size * neg.size))
 
 
-def mia_auc(model: nn.Module, member_x, member_y, nonmember_x, nonmember_y) -> float:
+def mia_auc(model: nn.Module, member_x, member_y, nonmember_x, nonmember_y,
+            loss_fn: Optional[Callable] = None) -> float:
     """AUC of the loss-threshold attack separating members (forget set) from non-members (test)."""
-    return auc(-per_sample_losses(model, member_x, member_y),
-               -per_sample_losses(model, nonmember_x, nonmember_y))
+    return auc(-per_sample_losses(model, member_x, member_y, loss_fn),
+               -per_sample_losses(model, nonmember_x, nonmember_y, loss_fn))
 
 
-def evaluate_model(model: nn.Module, *, retain=None, forget=None, test=None) -> Dict[str, float]:
-    """Accuracies on the given (x, y) pairs, and the forget-vs-test MIA AUC when both are given."""
+def evaluate_model(model: nn.Module, *, retain=None, forget=None, test=None,
+                   loss_fn: Optional[Callable] = None) -> Dict[str, float]:
+    """Accuracies on the given (x, y) pairs, and the forget-vs-test MIA AUC when both are given.
+
+    With a ``loss_fn`` (the training loss) the mean loss of each pair is reported too
+    (``retain_loss``, ...) and the MIA scores use it; accuracies are reported only for integer
+    (class-label) targets.
+    """
     out: Dict[str, Optional[float]] = {}
     for name, pair in (("retain", retain), ("forget", forget), ("test", test)):
         if pair is not None:
-            out[f"{name}_acc"] = accuracy(model, *pair)
+            if not torch.as_tensor(pair[1]).is_floating_point():
+                out[f"{name}_acc"] = accuracy(model, *pair)
+            if loss_fn is not None:
+                out[f"{name}_loss"] = float(np.mean(per_sample_losses(model, *pair, loss_fn)))
     if forget is not None and test is not None:
-        out["mia_auc"] = mia_auc(model, *forget, *test)
+        out["mia_auc"] = mia_auc(model, *forget, *test, loss_fn=loss_fn)
     return out

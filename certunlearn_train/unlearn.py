@@ -344,7 +344,8 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
     T = noisy_steps(method, lam, C0, C1, lr, n, batch_size, steps, epochs)
     if finetune_epochs > 0:
         steps_for_epochs(finetune_epochs, n, finetune_batch_size, "finetune_epochs")
-    if method == "gradient_clipping" and lam == 0.0 and T > C0 / (lr * C1) * (1 + 1e-9):
+    flat_from = C0 / (lr * C1) if method == "gradient_clipping" and lam == 0.0 else math.inf
+    if T > max(1.0, flat_from * (1 + 1e-9)):
         warnings.warn(f"steps={T} is more than C0 / (lr C1) = {C0 / (lr * C1):.4g}: for gradient "
                       "clipping without weight decay the bound does not improve beyond that "
                       "point, so the extra noisy steps cannot lower the noise", UserWarning,

@@ -56,8 +56,10 @@ def test_train_runs_whole_passes_and_calls_back_once_per_pass():
     # 30 points in batches of 8: 4 steps per pass (8, 8, 8, 6), the callback after each pass
     assert counter.n == 12 and seen == [(0, 4), (1, 8), (2, 12)]
     counter.n = 0
-    train(model, (x, y), epochs=1.5, lr=0.1, batch_size=8, seed=1, progress=False)
-    assert counter.n == 6
+    seen = []
+    train(model, (x, y), epochs=1.5, lr=0.1, batch_size=8, seed=1, progress=False,
+          epoch_callback=lambda i, m: seen.append(i))
+    assert counter.n == 6 and seen == [0]  # the half pass has no callback
 
 
 def _evaluating_callback(log):

@@ -93,3 +93,43 @@ def test_mia_auc_detects_memorisation_direction():
     xn = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); yn = torch.tensor([1, 0])
     assert E.mia_auc(model, xm, ym, xn, yn) == 1.0
     assert E.mia_auc(model, xn, yn, xm, ym) == 0.0
+
+
+def test_evaluation_with_another_loss():
+    """Regression: per-sample MSE in float64 against numpy, mean losses, no accuracy for float
+    targets; the MIA AUC scores with the given loss."""
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -1.0]]))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
+    y = torch.tensor([[0.909], [-1.0], [0.0]])
+    losses = E.per_sample_losses(model, x, y, nn.functional.mse_loss)
+    np.testing.assert_allclose(losses, [(1 - 0.909) ** 2, 0.0, 1.0], rtol=1e-6)
+    r = E.evaluate_model(model, retain=(x, y), forget=(x[:1], y[:1]), test=(x[1:], y[1:]),
+                         loss_fn=nn.functional.mse_loss)
+    assert "retain_acc" not in r
+    assert r["retain_loss"] == pytest.approx(np.mean(losses))
+    # member loss 0.008 is below one non-member (1.0) and above the other (0.0)
+    assert r["mia_auc"] == 0.5
+
+
+def test_batchnorm_without_running_stats_and_changing_buffers_are_refused():
+    bn = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2, track_running_stats=False)).eval()
+    with pytest.raises(M.UnsupportedModelError, match="BatchNorm1d.*mixes the samples"):
+        M.check_unlearnable(bn)
+
+    class Seen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.register_buffer("n", torch.zeros((), dtype=torch.int64))
+
+        def forward(self, x):
+            self.n += 1
+            return self.lin(x)
+
+    model = Seen()
+    M.check_unlearnable(model)  # an integer buffer is fine as such
+    with pytest.raises(M.UnsupportedModelError, match=r"buffer\(s\) n change"):
+        M.check_buffers_constant(model, torch.zeros(3, 2), torch.zeros(3))
+    assert int(model.n) == 0 and model.training  # put back

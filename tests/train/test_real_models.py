@@ -242,6 +242,7 @@ def test_bad_data_refused_before_any_weight_is_touched(name, data, extra, messag
 # Divergence, step counts
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:steps=4 is more than")
 def test_diverging_runs_raise_and_issue_no_certificate():
     model, x, y = _regression()
     with pytest.raises(ValueError, match="non-finite"):
@@ -265,6 +266,7 @@ def test_steps_beyond_the_flat_bound_warn():
         warnings.simplefilter("error")
         unlearn(model, (x, y), **{**KW, "steps": 40})
         unlearn(model, (x, y), **{**KW, "steps": 41, "lam": 0.1})  # with weight decay it does
+        unlearn(model, (x, y), **{**KW, "steps": 1, "lr": 10.0})  # T* = 0.2: one step is least
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,3 +341,23 @@ def test_dpsgd_does_not_depend_on_the_weights_given():
     assert cert_a.model_sha256_before != cert_b.model_sha256_before
     c, _ = B.dpsgd_train(model, (x, y), **{**kw, "seed": 12})
     assert not torch.equal(flat_params(a), flat_params(c))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("clip", ["batch", "per_sample"])
+def test_token_model_with_public_embedding_on_cuda_matches_cpu(clip):
+    model, x, y = _tokens()
+    kw = dict(KW, clip=clip, seed=5, finetune_epochs=1, finetune_lr=0.1,
+              private=[model.head])
+    out_cpu, cert_cpu = unlearn(model, (x, y), **kw)
+    out_gpu, cert_gpu = unlearn(model, (x, y), device="cuda", **kw)
+    assert next(out_gpu.parameters()).is_cuda and cert_gpu.sigma == cert_cpu.sigma
+    assert cert_gpu.public_parameters == cert_cpu.public_parameters
+    assert torch.equal(out_gpu.emb.weight.cpu(), model.emb.weight)
+    torch.testing.assert_close(flat_params(out_gpu).cpu(), flat_params(out_cpu), rtol=1e-4,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="data inputs are on cuda:0 but the model is on cpu"):
+        unlearn(model, (x.cuda(), y.cuda()), **kw)
+    out, _ = unlearn(out_gpu, (x.cuda(), y.cuda()), **{**kw, "private": [out_gpu.head]})
+    assert next(out.parameters()).is_cuda

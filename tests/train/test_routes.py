@@ -137,3 +137,28 @@ def test_reference_sums_a_shared_weight_over_its_uses():
     g_out = 2 * (out - y[0]) / 3
     expected = torch.outer(g_out, h) + torch.outer(W.t() @ g_out, x[0])
     torch.testing.assert_close(row, expected.reshape(-1))
+
+
+def test_linear_layer_whose_output_is_unused_falls_back():
+    class Dead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 3)
+            self.unused = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            self.unused(x)
+            return self.a(x)
+
+    torch.manual_seed(0)
+    model = Dead().double()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    expected = explicit_clipped_mean(model, x, y, F.cross_entropy, 0.5)
+    flat = FlatParameters(model)
+    try:
+        src = GradientSource(model, flat, "per_sample", 0.5, F.cross_entropy, 5, 0)
+        got = src(x, y)[0].double().clone()
+        assert src.linear is None
+    finally:
+        flat.release()
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
