@@ -60,3 +60,15 @@ def test_transfer_certifies_the_head_and_keeps_the_backbone(tmp_path):
         assert cert.public_parameters["names"] == sorted(public) or \
             set(cert.public_parameters["names"]) == set(public)
         assert cert.public_parameters["sha256"] == want
+
+
+def test_demo_prints_the_saving_against_its_retrain(tmp_path):
+    import re
+    from certunlearn_train.demo import run_demo
+    lines = []
+    result = run_demo(str(tmp_path / "demo"), quick=True, seed=0, progress=False,
+                      echo=lines.append)
+    line = next(s for s in lines if s.startswith("epochs to reach the retrained test accuracy"))
+    target = result["results"]["retrained"]["test_acc"] - 0.01
+    assert f"({target:.3f})" in line
+    assert re.search(r"(saving \d+%|no saving)", line)
