@@ -237,9 +237,12 @@ class Experiment:
         key = unit_key(spec)
         path = os.path.join(self.out, "units", key + ".json")
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as fh:
-                rec = json.load(fh)
-            if rec.get("key") == key:
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    rec = json.load(fh)
+            except (OSError, ValueError):
+                rec = {}  # unreadable (written by something else): computed again
+            if isinstance(rec, dict) and rec.get("key") == key:
                 self.reused += 1
                 return rec
         rec = self._compute(spec, key)

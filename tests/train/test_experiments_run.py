@@ -172,3 +172,15 @@ def test_unit_key_depends_on_every_part_of_the_config():
         assert unit_key(changed) != unit_key(a)
     exp.cfg = dict(cfg, epochs=cfg["epochs"] + 1)
     assert unit_key(exp.unit_spec("gradient_clipping", {"C0": 0.01}, 0, 1.0)) != unit_key(a)
+
+
+def test_an_unreadable_unit_file_is_computed_again(resumed_run, tmp_path):
+    import shutil
+    out = tmp_path / "copy"
+    shutil.copytree(resumed_run["out"], out)
+    victim = sorted((out / "units").glob("[0-9a-f]*.json"))[0]
+    victim.write_text("{not json")
+    exp = Experiment(resumed_run["cfg"], str(out), progress=False, echo=lambda s: None)
+    exp.run()
+    assert exp.computed == 1
+    assert json.loads(victim.read_text())["key"] == victim.stem
