@@ -184,3 +184,51 @@ def test_an_unreadable_unit_file_is_computed_again(resumed_run, tmp_path):
     exp.run()
     assert exp.computed == 1
     assert json.loads(victim.read_text())["key"] == victim.stem
+
+
+def test_each_choice_is_the_best_validation_score(resumed_run):
+    """The chosen configuration maximises the validation score recomputed from the tuning
+    units' curves (validation accuracy only; the test accuracy never enters)."""
+    from certunlearn_train.experiments.metrics import validation_score
+    out, cfg, exp = resumed_run["out"], resumed_run["cfg"], resumed_run["exp"]
+    tuning = json.loads((out / "tuning.json").read_text())
+    for group, chosen in tuning["chosen"].items():
+        tried = [t for t in tuning["tried"]
+                 if t["method"] == chosen["method"] and t["eps"] == chosen["eps"]]
+        scores = []
+        for t in tried:
+            vals = []
+            for ts in cfg["tune_seeds"]:
+                key = unit_key(exp.unit_spec(t["method"], t["config"], ts, t["eps"]))
+                rec = json.loads((out / "units" / f"{key}.json").read_text())
+                vals.append(validation_score(rec["points"], cfg["epochs"])
+                            if rec["status"] == "ok" else float("-inf"))
+            scores.append(sum(vals) / len(vals))
+            assert scores[-1] == pytest.approx(t["val_score"])
+        assert chosen["val_score"] == pytest.approx(max(scores))
+        assert chosen["config"] == tried[scores.index(max(scores))]["config"]
+
+
+def test_choices_do_not_move_when_the_test_accuracies_do(resumed_run, tmp_path):
+    """Rewrite every tuning unit's test accuracies (anti-correlated with validation): the
+    resumed run reads them back and must choose exactly the same configurations."""
+    import shutil
+    out = tmp_path / "copy"
+    shutil.copytree(resumed_run["out"], out)
+    tune_seeds = set(resumed_run["cfg"]["tune_seeds"])
+    changed = 0
+    for path in (out / "units").glob("[0-9a-f]*.json"):
+        rec = json.loads(path.read_text())
+        if rec["seed"] in tune_seeds and rec["status"] == "ok":
+            for p in rec["points"]:
+                p["test_acc"] = 1.0 - p["val_acc"]
+            path.write_text(json.dumps(rec))
+            changed += 1
+    assert changed
+    exp = Experiment(resumed_run["cfg"], str(out), progress=False, echo=lambda s: None)
+    exp.run()
+    assert exp.computed == 0
+    before = json.loads((resumed_run["out"] / "tuning.json").read_text())["chosen"]
+    after = json.loads((out / "tuning.json").read_text())["chosen"]
+    assert {g: c["config"] for g, c in after.items()} == \
+        {g: c["config"] for g, c in before.items()}
