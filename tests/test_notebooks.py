@@ -26,15 +26,10 @@ def test_notebook_runs_clean(path, tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setenv("CERTUNLEARN_NOTEBOOK_OUT", str(out))
     if path.stem == "unlearning_vs_retrain":
-        import torch
         from certunlearn_train.experiments.presets import get_preset
         from certunlearn_train.experiments.runner import Experiment
-        threads = torch.get_num_threads()
-        try:
-            Experiment(get_preset("digits-quick"), str(tmp_path / "results"), progress=False,
-                       echo=lambda s: None).run()
-        finally:
-            torch.set_num_threads(threads)
+        Experiment(get_preset("digits-quick"), str(tmp_path / "results"), progress=False,
+                   echo=lambda s: None).run()
         monkeypatch.setenv("CERTUNLEARN_EXPERIMENT_RESULTS", str(tmp_path / "results"))
     # a kernelspec that runs this interpreter (the venv's), found through JUPYTER_PATH
     spec_dir = tmp_path / "jupyter" / "kernels" / "certunlearn-test"

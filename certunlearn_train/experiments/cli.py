@@ -42,8 +42,14 @@ def run_experiment_command(args) -> int:
         print(f"certunlearn experiment: {exc}", file=sys.stderr)
         return 2
     out = args.out or os.path.join("runs", f"experiment-{cfg.get('name', 'custom')}")
-    exp = Experiment(cfg, out, progress=not args.no_progress)
-    exp.run()
+    try:
+        exp = Experiment(cfg, out, progress=not args.no_progress)
+        exp.run()
+    except OSError as exc:
+        where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
+        print(f"certunlearn experiment: cannot read or write{where}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(f"results in {out}: curves.jsonl, summary.csv, table.md, figures/, certificates/")
     return 0
 

@@ -430,12 +430,22 @@ class Experiment:
                 len(groups) * self.cfg["seeds"])
 
     def run(self) -> Dict[str, Any]:
-        """Tune, evaluate, summarise; write every output; return the summary."""
+        """Tune, evaluate, summarise; write every output; return the summary.
+
+        Runs with ``threads`` torch threads when the configuration sets them (restored after).
+        """
         import torch
-        from tqdm.auto import tqdm
-        from .summary import write_outputs
+        threads = torch.get_num_threads()
         if self.cfg.get("threads"):
             torch.set_num_threads(int(self.cfg["threads"]))
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> Dict[str, Any]:
+        from tqdm.auto import tqdm
+        from .summary import write_outputs
         _atomic_json(os.path.join(self.out, "experiment.json"), self.cfg)
         n_tune, n_eval = self.plan()
         bar = tqdm(total=n_tune + n_eval, desc=f"experiment {self.cfg.get('name', '')}",

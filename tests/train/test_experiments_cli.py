@@ -22,6 +22,31 @@ def test_bad_arguments_are_one_line(argv, match, capsys, tmp_path):
     assert not (tmp_path / "o").exists()  # nothing was started
 
 
+def test_an_output_folder_that_cannot_be_made_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = main(["experiment", "--preset", "digits-quick", "--out", str(blocker / "sub"),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "cannot read or write" in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_restores_the_thread_count(tmp_path, monkeypatch):
+    import torch
+    from certunlearn_train.experiments.presets import get_preset
+    from certunlearn_train.experiments.runner import Experiment
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        exp = Experiment(dict(get_preset("digits-quick"), threads=1), str(tmp_path / "o"),
+                         progress=False, echo=lambda s: None)
+        monkeypatch.setattr(exp, "_run", lambda: torch.get_num_threads())
+        assert exp.run() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_eps_option_sets_the_list_and_the_main_eps():
     from certunlearn_train.experiments.cli import _eps_list
     assert _eps_list("0.5, 1,2") == [0.5, 1.0, 2.0]
