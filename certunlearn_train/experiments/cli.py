@@ -38,6 +38,11 @@ def run_experiment_command(args) -> int:
             cfg = load_config_file(args.config, **overrides)
         else:
             cfg = get_preset(args.preset, **overrides)
+        if cfg["device"].startswith("cuda"):
+            import torch
+            if not torch.cuda.is_available():
+                raise ValueError(f"--device {cfg['device']} needs CUDA, and torch sees no CUDA "
+                                 "device here (use cpu or auto)")
     except (ExperimentConfigError, ValueError) as exc:
         print(f"certunlearn experiment: {exc}", file=sys.stderr)
         return 2

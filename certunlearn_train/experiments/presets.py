@@ -277,6 +277,10 @@ def validate_experiment(cfg: Any) -> Dict[str, Any]:
         if not isinstance(pv, list) or not pv or not all(isinstance(n, str) and n for n in pv):
             _fail("transfer.private", "a non-empty list of parameter names", pv)
         _pos("transfer.backbone_epochs", tr["backbone_epochs"])
+    dev = cfg["device"]
+    if not (isinstance(dev, str) and (dev in ("cpu", "cuda", "auto") or
+                                      (dev.startswith("cuda:") and dev[5:].isdigit()))):
+        _fail("device", "'cpu', 'cuda', 'cuda:N' or 'auto'", dev)
     if cfg["threads"] is not None:
         cfg["threads"] = _pos("threads", cfg["threads"], integer=True)
     grids = cfg["grids"]

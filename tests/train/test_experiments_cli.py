@@ -13,6 +13,8 @@ from certunlearn_train.experiments.presets import PRESETS, validate_experiment
     (["--seeds", "0"], "'seeds' must be an integer > 0, got 0"),
     (["--preset", "mnist"], "data.root"),
     (["--config", "/nonexistent/exp.yaml"], "does not exist"),
+    (["--device", "tpu"], "'device' must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'tpu'"),
+    (["--threads", "0"], "'threads' must be an integer > 0, got 0"),
 ])
 def test_bad_arguments_are_one_line(argv, match, capsys, tmp_path):
     rc = main(["experiment", "--out", str(tmp_path / "o"), "--no-progress"] + argv)
