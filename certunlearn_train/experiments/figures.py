@@ -1,7 +1,8 @@
 """PNG figures of an experiment's results folder (matplotlib, Agg backend).
 
 * ``accuracy_vs_epochs.png``: test accuracy against epochs after the request, per method at the
-  main eps (mean over seeds, band = min..max over seeds), with the targets dashed;
+  main eps (mean over seeds, band = min..max over seeds), with the targets dashed; the right
+  panel zooms on the targets and the first half of the budget;
 * ``epochs_to_target.png``: epochs to each target, per method (mean, error bar = sample std;
   "not reached" when a seed missed it within the budget);
 * ``budget_curve.png``: epochs to target against eps for the certified methods, one panel per
@@ -41,24 +42,32 @@ def _accuracy_vs_epochs(res, path):
     plt = _plt()
     s = res["summary"]
     eps = s["main_eps"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for m in METHOD_NAMES:
-        runs = [c for c in res["curves"] if c["method"] == m and c["status"] == "ok"
-                and (c["eps"] is None or c["eps"] == eps) and c["points"]]
-        if not runs:
-            continue
-        grid, mat = curve_matrix([c["points"] for c in runs])
-        label = m if m in EPS_FREE else f"{m} (eps={eps:g})"
-        ax.plot(grid, mat.mean(0), color=COLORS[m], ls=STYLES.get(m, "-"), lw=1.8, label=label)
-        ax.fill_between(grid, mat.min(0), mat.max(0), color=COLORS[m], alpha=0.15, lw=0)
-    for k in s["targets"]:
-        ax.axhline(s["reference_accuracy"] - k / 100, color="0.5", lw=0.7, ls="--")
-    ax.set_xlabel("epochs after the request (passes over the retain set)")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"Accuracy vs epochs ({_title(s)}); dashed: targets")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ref = s["reference_accuracy"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax in axes:
+        for m in METHOD_NAMES:
+            runs = [c for c in res["curves"] if c["method"] == m and c["status"] == "ok"
+                    and (c["eps"] is None or c["eps"] == eps) and c["points"]]
+            if not runs:
+                continue
+            grid, mat = curve_matrix([c["points"] for c in runs])
+            label = m if m in EPS_FREE else f"{m} (eps={eps:g})"
+            ax.plot(grid, mat.mean(0), color=COLORS[m], ls=STYLES.get(m, "-"), lw=1.8,
+                    label=label)
+            ax.fill_between(grid, mat.min(0), mat.max(0), color=COLORS[m], alpha=0.15, lw=0)
+        for k in s["targets"]:
+            ax.axhline(ref - k / 100, color="0.5", lw=0.7, ls="--")
+        ax.set_xlabel("epochs after the request (passes over the retain set)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy")
+    axes[0].set_ylim(0, 1)
+    axes[0].set_title("whole budget; dashed: targets")
+    low = ref - max(s["targets"]) / 100 - 0.04
+    axes[1].set_ylim(low, min(1.0, ref + 0.02))
+    axes[1].set_xlim(0, s["epochs"] / 2)
+    axes[1].set_title("zoom on the targets (band: min..max over seeds)")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Accuracy vs epochs ({_title(s)})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
