@@ -1,10 +1,7 @@
 """The unlearning-vs-retraining experiment suite (``certunlearn experiment``).
 
-See :mod:`.presets` for the set-ups and fair tuning, :mod:`.runner` for the resumable runner,
-:mod:`.metrics` for epochs to target, :mod:`.summary` and :mod:`.figures` for the outputs.
+:mod:`.presets` (set-ups and fair tuning grids), :mod:`.runner` (the resumable runner),
+:mod:`.metrics` (epochs to target, the tuning score), :mod:`.summary` and :mod:`.figures` (the
+outputs), :mod:`.cli` (the subcommand). Nothing is imported here, so that registering the
+subcommand costs the ``certunlearn`` console script no numpy or torch import.
 """
-from .metrics import epochs_to_target, validation_score
-from .presets import CERTIFIED, EPS_FREE, METHOD_NAMES, PRESETS, get_preset
-
-__all__ = ["epochs_to_target", "validation_score", "METHOD_NAMES", "CERTIFIED", "EPS_FREE",
-           "PRESETS", "get_preset"]
