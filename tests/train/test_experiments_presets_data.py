@@ -15,11 +15,12 @@ pytestmark = pytest.mark.slow
 
 
 def _shrink(cfg):
-    cfg = dict(cfg, epochs=1, n_configs=1, seeds=3, eps=[1.0], main_eps=1.0, threads=1,
+    cfg = dict(cfg, epochs=1, n_configs=2, seeds=3, eps=[1.0, 100.0], main_eps=1.0, threads=1,
                device="cpu", original=dict(cfg["original"], epochs=1, batch_size=16))
     grids = {}
     for m, g in cfg["grids"].items():
         one = {k: v[:1] for k, v in g.items()}
+        one["lr"] = [0.05, 0.1]  # two configurations each
         for k in ("batch_size", "noisy_batch", "dp_batch"):
             if k in one:
                 one[k] = [16]
@@ -50,3 +51,10 @@ def test_image_preset_runs_on_stand_in_files(name, tmp_path):
         if r["status"] == "ok":
             assert r["points"][-1]["epochs"] == pytest.approx(r["noisy_epochs"] + 1)
     assert summary["certificates_verified"] == sum(r["status"] == "ok" for r in rows) > 0
+    # tuned at the main eps only: the other eps reuse that choice and were never tuned
+    assert cfg["tune_each_eps"] is False
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert {t["eps"] for t in tuning["tried"]} == {1.0, None}
+    for m in ("gradient_clipping", "model_clipping", "output_perturbation", "dpsgd_group"):
+        assert tuning["chosen"][f"{m}@100"]["config"] == tuning["chosen"][f"{m}@1"]["config"]
+    assert {r["eps"] for r in rows} == {1.0, 100.0, None}
