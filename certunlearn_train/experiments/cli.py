@@ -71,7 +71,7 @@ def register(subparsers) -> None:
                     "every certificate. Rerunning with the same --out resumes.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=sorted(PRESETS), default="digits",
-                     help="set-up to run (default: digits, about 13 minutes on 2 CPU cores)")
+                     help="set-up to run (default: digits, a few minutes on 2 CPU cores)")
     src.add_argument("--config", help="YAML or JSON file: 'preset: NAME' plus keys to replace")
     p.add_argument("--out", help="results folder (default: runs/experiment-<name>)")
     p.add_argument("--seeds", type=int, help="evaluation seeds (default: the preset's, >= 3)")

@@ -140,7 +140,7 @@ def _image_grids(lrs, batches, c0s):
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # the default: about 13 minutes on 2 CPU cores (one thread)
+    # the default: 3.3 minutes on an otherwise idle 2-core machine (one torch thread)
     "digits": _preset(name="digits", seeds=5),
     # the smoke test: seconds on 2 CPU cores (the test suite runs it)
     "digits-quick": _preset(
