@@ -19,6 +19,8 @@ import tempfile
 
 from certunlearn_theory import cli as theory_cli
 
+from .experiments import cli as experiments_cli
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_VERIFIABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = {
     EXIT_OK: "success (verify: the guarantee was recomputed and the model matches)",
@@ -537,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     theory_cli.register(subparsers)
     _register_training(subparsers)
+    experiments_cli.register(subparsers)
     return parser
 
 

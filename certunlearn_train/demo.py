@@ -70,7 +70,8 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     from .baselines import retrain
     from .certificates import _format_up, weights_sha256
     from .data import load_dataset, select_forget, split_forget
-    from .evaluate import evaluate_model
+    from .evaluate import accuracy, evaluate_model
+    from .experiments.metrics import saving_line
     from .model_files import model_arch, save_model_file
     from .models import MLP
     from .train import train
@@ -98,19 +99,21 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
 
     lr, C0, T = s["lr"], s["C0"], s["steps"]
     C1 = C0 / (lr * T)
-    noisy_only = {}
+    noisy_only, ft_acc, rt_acc = {}, [], []
     t0 = time.perf_counter()
     unlearned, cert = unlearn(
         original, sets["retain"], eps=s["eps"], delta=s["delta"], method="gradient_clipping",
         steps=T, C0=C0, C1=C1, lr=lr, batch_size=s["batch_size"], clip="batch",
         finetune_epochs=s["finetune_epochs"], finetune_lr=lr, forget_size=len(forget_set),
         seed=seed, progress=progress,
-        after_noisy_phase=lambda m: noisy_only.update(evaluate_model(m, **sets)))
+        after_noisy_phase=lambda m: noisy_only.update(evaluate_model(m, **sets)),
+        epoch_callback=lambda i, m: ft_acc.append(accuracy(m, *sets["test"])))
     t_unlearn = time.perf_counter() - t0
     t0 = time.perf_counter()
     retrained, _ = retrain(original, sets["retain"], epochs=s["retrain_epochs"], lr=lr,
                            batch_size=s["batch_size"], forget_size=len(forget_set),
-                           seed=base_seed + 1, progress=progress)
+                           seed=base_seed + 1, progress=progress,
+                           epoch_callback=lambda i, m: rt_acc.append(accuracy(m, *sets["test"])))
     t_retrain = time.perf_counter() - t0
 
     results = {"original": evaluate_model(original, **sets), "noisy_phase": noisy_only,
@@ -133,6 +136,8 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
          f"C1 = {C1:.3g}, lr = {lr}, {s['finetune_epochs']:g} fine-tuning epochs "
          f"(retraining: {s['retrain_epochs']:g} epochs)")
     echo("MIA AUC: loss-threshold attack, forget set vs test set (0.5 = indistinguishable)")
+    echo(saving_line(T * s["batch_size"] / len(retain_set), noisy_only["test_acc"], ft_acc,
+                     rt_acc))
 
     arch = model_arch("mlp", (1, 8, 8), 10, data_info, hidden=s["hidden"])
     model_path = os.path.join(out, "model.pt")

@@ -2,7 +2,8 @@
 
 Each notebook runs with the current interpreter's kernel, in the notebooks directory, with
 CERTUNLEARN_NOTEBOOK_OUT pointing at a temporary folder so committed figures are not overwritten.
-Committed notebooks must have their outputs stripped.
+Committed notebooks must have their outputs stripped. unlearning_vs_retrain reads a results folder
+that the test makes first with the digits-quick experiment preset.
 """
 import json
 import sys
@@ -24,6 +25,12 @@ def test_notebook_runs_clean(path, tmp_path, monkeypatch):
             assert not cell.get("outputs"), f"{path.name}: commit notebooks with outputs stripped"
     out = tmp_path / "out"
     monkeypatch.setenv("CERTUNLEARN_NOTEBOOK_OUT", str(out))
+    if path.stem == "unlearning_vs_retrain":
+        from certunlearn_train.experiments.presets import get_preset
+        from certunlearn_train.experiments.runner import Experiment
+        Experiment(get_preset("digits-quick"), str(tmp_path / "results"), progress=False,
+                   echo=lambda s: None).run()
+        monkeypatch.setenv("CERTUNLEARN_EXPERIMENT_RESULTS", str(tmp_path / "results"))
     # a kernelspec that runs this interpreter (the venv's), found through JUPYTER_PATH
     spec_dir = tmp_path / "jupyter" / "kernels" / "certunlearn-test"
     spec_dir.mkdir(parents=True)
@@ -41,3 +48,7 @@ def test_notebook_runs_clean(path, tmp_path, monkeypatch):
     if path.stem == "sigma_vs_T":
         assert [p.name for p in pngs] == ["sigma_vs_T.png"]
         assert pngs[0].stat().st_size > 10_000
+    if path.stem == "unlearning_vs_retrain":
+        from certunlearn_train.experiments.figures import FIGURES
+        assert sorted(p.name for p in pngs) == sorted(FIGURES)
+        assert all(p.stat().st_size > 5_000 for p in pngs)
