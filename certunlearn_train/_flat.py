@@ -7,7 +7,7 @@ once and refilled chunk by chunk.
 """
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 from torch import nn
@@ -112,8 +112,9 @@ class GradientSource:
             else None
         self.grad_buffer_bytes = int(grad_buffer_bytes)
         self.batch_size = int(batch_size)
-        self.rows = None  # allocated on first use (never, on the ghost route)
-        self.norms = None
+        # allocated on first use (never, on the ghost route)
+        self.rows: Optional[torch.Tensor] = None
+        self.norms: Optional[torch.Tensor] = None  # row norms of the last fill, when it took them
         self.route = "batch" if clip != "per_sample" else "ghost" if self.ghost else "rows"
 
     @property

@@ -169,6 +169,7 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
         flat.release()
         restore_modes(modes)
     if finetune_epochs > 0:
+        assert finetune_lr is not None  # finetune_epochs > 0 without finetune_lr was refused above
         with frozen([named[n] for n in pub]):
             train(model, (x, y), epochs=finetune_epochs, lr=finetune_lr,
                   batch_size=finetune_batch_size, seed=None if seed is None else seed + 1,

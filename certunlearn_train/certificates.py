@@ -37,7 +37,7 @@ import os
 import re
 import tempfile
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, TypeGuard
 
 __all__ = ["RunCertificate", "CertificateError", "VerifyReport", "build_run_certificate",
            "weights_sha256", "public_parameters_record", "atomic_write_bytes", "same_value",
@@ -199,7 +199,7 @@ def _versions() -> Dict[str, str]:
 # Parameter schema
 # ----------------------------------------------------------------------------------------------
 
-def _is_num(v) -> bool:
+def _is_num(v) -> TypeGuard[float]:
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
@@ -739,7 +739,9 @@ def _from_v1(data: Mapping[str, Any]) -> Dict[str, Any]:
     out["format"] = FORMAT
     if "epsilon" in out:
         out["eps"] = out.pop("epsilon")
-    method = METHOD_ALIASES.get(out.get("method"), out.get("method"))
+    method = out.get("method")
+    if method in METHOD_ALIASES:
+        method = METHOD_ALIASES[method]
     out["method"] = method
     params = out.get("parameters")
     if method in RUN_METHODS and isinstance(params, Mapping):

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import tempfile
+from typing import List
 
 from certunlearn_theory import cli as theory_cli
 
@@ -134,7 +135,7 @@ class _OutputFolder:
 
     def __init__(self, path: str):
         self.path = path
-        self.created = []
+        self.created: List[str] = []
 
     def __enter__(self):
         path = os.path.abspath(self.path)

@@ -22,9 +22,10 @@ import os
 import pickle
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence, Union
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 __all__ = [
     "ArrayDataset", "DataError", "DataFileError", "load_digits", "load_mnist", "load_cifar10", "load_dataset",
@@ -84,7 +85,8 @@ def load_digits() -> ArrayDataset:
     return ArrayDataset(np.ascontiguousarray(x), bunch.target.astype(np.int64), 10, "digits")
 
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: Dict[int, DTypeLike] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4",
+                                     0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -274,12 +276,12 @@ def train_test_split(data: ArrayDataset, *, test_fraction: float = 0.2, seed: in
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     rng = np.random.default_rng(seed)
-    test = []
+    test_parts = []
     for label in np.unique(data.y):
         members = np.flatnonzero(data.y == label)
         rng.shuffle(members)
-        test.append(members[:int(round(test_fraction * len(members)))])
-    test = np.sort(np.concatenate(test))
+        test_parts.append(members[:int(round(test_fraction * len(members)))])
+    test = np.sort(np.concatenate(test_parts))
     train = np.setdiff1d(np.arange(len(data)), test)
     return data.subset(train), data.subset(test)
 
@@ -304,6 +306,7 @@ def select_forget(labels: np.ndarray, *, fraction: Optional[float] = None,
             raise DataError(f"forget fraction {fraction!r} of {n} points selects no point")
         rng = np.random.default_rng(seed)
         return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
+    assert classes is not None  # exactly one of fraction and classes was given
     classes = [int(c) for c in classes]
     if not classes:
         raise DataError("forget classes must not be empty")
@@ -315,7 +318,7 @@ def select_forget(labels: np.ndarray, *, fraction: Optional[float] = None,
     return np.flatnonzero(np.isin(labels, classes)).astype(np.int64)
 
 
-def split_forget(data: ArrayDataset, forget_indices: Sequence[int]):
+def split_forget(data: ArrayDataset, forget_indices: Union[Sequence[int], np.ndarray]):
     """Return ``(retain, forget)`` for validated ``forget_indices`` into ``data``.
 
     Raises:
@@ -384,7 +387,7 @@ def load_forget_indices(path: str, n: int) -> np.ndarray:
             where.append(f"line {lineno}")
     if not values:
         raise DataError(f"{path}: no forget indices")
-    seen = {}
+    seen: Dict[int, str] = {}
     for value, loc in zip(values, where):
         if not 0 <= value < n:
             raise DataError(f"{path}: {loc}: forget index must be in [0, {n}), got {value}")

@@ -22,15 +22,33 @@ import math
 import os
 import shlex
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple, TypedDict
 
 __all__ = ["run_demo", "DEMO_SETTINGS", "QUICK_SETTINGS", "fresh_run_dir_name"]
 
-DEMO_SETTINGS = dict(hidden=(64,), train_epochs=40.0, lr=0.05, batch_size=64, eps=1.0,
-                     delta=1e-5, C0=0.01, steps=50, finetune_epochs=40.0, retrain_epochs=40.0,
-                     forget_fraction=0.1, test_fraction=0.2)
-QUICK_SETTINGS = dict(DEMO_SETTINGS, train_epochs=8.0, steps=20, finetune_epochs=8.0,
-                      retrain_epochs=8.0)
+
+class DemoSettings(TypedDict):
+    """The knobs of one demo run (see the module docstring for what each value means)."""
+
+    hidden: Tuple[int, ...]
+    train_epochs: float
+    lr: float
+    batch_size: int
+    eps: float
+    delta: float
+    C0: float
+    steps: int
+    finetune_epochs: float
+    retrain_epochs: float
+    forget_fraction: float
+    test_fraction: float
+
+
+DEMO_SETTINGS = DemoSettings(hidden=(64,), train_epochs=40.0, lr=0.05, batch_size=64, eps=1.0,
+                             delta=1e-5, C0=0.01, steps=50, finetune_epochs=40.0,
+                             retrain_epochs=40.0, forget_fraction=0.1, test_fraction=0.2)
+QUICK_SETTINGS: DemoSettings = {**DEMO_SETTINGS, "train_epochs": 8.0, "steps": 20,
+                                "finetune_epochs": 8.0, "retrain_epochs": 8.0}
 
 
 def fresh_run_dir_name(kind: str) -> str:

@@ -77,13 +77,15 @@ def evaluate_model(model: nn.Module, *, retain=None, forget=None, test=None,
     (``retain_loss``, ...) and the MIA scores use it; accuracies are reported only for integer
     (class-label) targets.
     """
-    out: Dict[str, Optional[float]] = {}
+    out: Dict[str, float] = {}
     for name, pair in (("retain", retain), ("forget", forget), ("test", test)):
         if pair is not None:
-            if not torch.as_tensor(pair[1]).is_floating_point():
-                out[f"{name}_acc"] = accuracy(model, *pair)
+            x, y = pair
+            if not torch.as_tensor(y).is_floating_point():
+                out[f"{name}_acc"] = accuracy(model, x, y)
             if loss_fn is not None:
-                out[f"{name}_loss"] = float(np.mean(per_sample_losses(model, *pair, loss_fn)))
+                out[f"{name}_loss"] = float(np.mean(per_sample_losses(model, x, y, loss_fn)))
     if forget is not None and test is not None:
-        out["mia_auc"] = mia_auc(model, *forget, *test, loss_fn=loss_fn)
+        (forget_x, forget_y), (test_x, test_y) = forget, test
+        out["mia_auc"] = mia_auc(model, forget_x, forget_y, test_x, test_y, loss_fn=loss_fn)
     return out

@@ -52,7 +52,8 @@ MAX_OFFSET = 2 ** 63
 _EXTENSION_ERROR: str | None = extension_torch_mismatch()
 try:
     if _EXTENSION_ERROR is None:  # never load an extension built against another torch
-        from certunlearn_train import _C  # noqa: F401  (importing registers the ops)
+        # importing registers the ops; a compiled module, so mypy cannot see it
+        from certunlearn_train import _C  # type: ignore[attr-defined]  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without a build
     _EXTENSION_ERROR = (f"certunlearn_train._C could not be imported ({exc}); build it with "
                         f"`make setup` or `pip install --no-build-isolation -e .`")

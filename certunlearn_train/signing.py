@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Union
 
 __all__ = ["SigningError", "generate_key_files", "load_private_key", "load_public_key",
            "sign_record", "verify_record", "fingerprint"]
@@ -73,14 +73,14 @@ def generate_key_files(path: str) -> str:
     return fingerprint(_raw_public(key.public_key()))
 
 
-def _read(path: str, what: str) -> bytes:
+def _read(path: Union[str, os.PathLike], what: str) -> bytes:
     if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
         raise SigningError(f"{what} file {path!r} does not exist")
     with open(path, "rb") as fh:
         return fh.read(1 << 16)
 
 
-def load_private_key(path: str):
+def load_private_key(path: Union[str, os.PathLike]):
     """The Ed25519 private key in a PEM file written by :func:`generate_key_files`."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -94,7 +94,7 @@ def load_private_key(path: str):
     return key
 
 
-def load_public_key(path: str):
+def load_public_key(path: Union[str, os.PathLike]):
     """The Ed25519 public key in a PEM file (``KEY.pub`` from :func:`generate_key_files`)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

@@ -28,20 +28,22 @@ def as_tensors(data, device=None, dtype: Optional[torch.dtype] = None,
     from torch.utils.data import TensorDataset
 
     from .data import ArrayDataset
+    raw_x: object
+    raw_y: object
     if isinstance(data, ArrayDataset):
-        x, y = data.x, data.y
+        raw_x, raw_y = data.x, data.y
     elif isinstance(data, TensorDataset):
         if len(data.tensors) != 2:
             raise ValueError(f"a TensorDataset must hold (x, y), got {len(data.tensors)} tensors")
-        x, y = data.tensors
+        raw_x, raw_y = data.tensors
     elif isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
+        raw_x, raw_y = data
     else:
         raise ValueError("data must be a pair (x, y), a TensorDataset or an ArrayDataset, got "
                          f"{type(data).__name__}")
     try:
-        x = torch.as_tensor(x)
-        y = torch.as_tensor(y)
+        x = torch.as_tensor(raw_x)
+        y = torch.as_tensor(raw_y)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{name} must be numeric arrays or tensors: {exc}") from None
     if x.dim() == 0 or y.dim() == 0 or x.shape[:1] != y.shape[:1]:

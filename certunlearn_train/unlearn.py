@@ -395,7 +395,10 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             s, o = noise.take(flat.numel)
             flat.flat.add_(gaussian_noise(flat.numel, s, o, device=device, dtype=flat.flat.dtype),
                            alpha=sigma0)
-        radius = C2 if method == "model_clipping" else math.inf
+        radius = math.inf
+        if method == "model_clipping":
+            assert C2 is not None  # model_clipping without C2 was refused above
+            radius = C2
         noisy_phase(model, flat, x, y, steps=T, lr=lr, lam=lam, clip=clip, C1=C1, sigma=sigma,
                     radius=radius, batch_size=min(batch_size, n), generator=gen, noise=noise,
                     loss_fn=loss_fn, grad_buffer_bytes=grad_buffer_bytes, progress=progress)
@@ -413,8 +416,11 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
                   parameters=[named[n] for n in priv], progress=progress, desc="fine-tune")
     distributed.check_replicas(model, "the unlearned weights")  # before any per-rank decision
     check_finite_model(model, "unlearning")
-    if public is not None and public_record(model, pub)["sha256"] != public["sha256"]:
-        raise RuntimeError("public parameters changed during the run")  # internal invariant
+    if public is not None:
+        after = public_record(model, pub)
+        assert after is not None  # the same non-empty list of public names
+        if after["sha256"] != public["sha256"]:
+            raise RuntimeError("public parameters changed during the run")  # internal invariant
     params = dict(steps=T, C0=C0, C1=acct_c1, lr=lr, lam=lam, C2=C2, sigma0=sigma0,
                   batch_size=batch_size, clip=clip, finetune_epochs=finetune_epochs,
                   finetune_lr=finetune_lr if finetune_epochs > 0 else None,

@@ -29,7 +29,7 @@ gradients in float64.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, cast
 
 import torch
 
@@ -227,8 +227,10 @@ def combine(reps: List, numel: int):
         outer = [_rows_as_outer(r) if isinstance(r, Rows) else r for r in reps]
         if len({o.dims[:2] + o.dims[3:] for o in outer}) == 1:
             # sum over uses of sum over t = one sum over the concatenated positions
-            fast = [o.weighted for o in outer]
-            weighted = (lambda s: sum(f(s) for f in fast)) if all(fast) else None
+            fast = [o.weighted for o in outer if o.weighted is not None]
+            # a fast weighted sum when every use has one (a sum of tensors is a tensor)
+            weighted = ((lambda s: cast(torch.Tensor, sum(f(s) for f in fast)))
+                        if len(fast) == len(outer) else None)
             return Outer(torch.cat([o.left for o in outer], 2),
                          torch.cat([o.right for o in outer], 2), weighted)
     b = _batch(reps[0])

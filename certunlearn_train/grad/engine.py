@@ -20,7 +20,7 @@ norms. Exactly the quantity of the vmap route, up to float rounding; what is not
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ class NotCovered(Exception):
     """The ghost route cannot compute this model's per-sample norms exactly (message says why)."""
 
 
-_warned = set()
+_warned: Set[str] = set()
 
 
 def warn_once(message: str) -> None:
@@ -105,7 +105,8 @@ class GhostClipping:
         self._modules = {id(m): (m, own) for _, m, own in self._owners}
         self._calls: List[_Call] = []
         self._clone = False          # layer outputs modified in place later: hook returns a copy
-        self._checked_pattern = None  # call pattern whose graph was checked
+        # call pattern whose graph was checked
+        self._checked_pattern: Optional[Tuple[int, ...]] = None
 
     @classmethod
     def for_model(cls, model: nn.Module, flat, loss_fn: Callable):
@@ -199,8 +200,10 @@ class GhostClipping:
                 if g is None:
                     continue
                 _, own = self._modules[id(c.module)]
+                rule = rule_for(c.module)
+                assert rule is not None  # for_model admits only models whose layers all have rules
                 try:
-                    forms = rule_for(c.module).compute(c.module, c.inputs, g)
+                    forms = rule.compute(c.module, c.inputs, g)
                 except NotCovered:
                     raise
                 except (RuntimeError, ValueError, IndexError, TypeError) as exc:

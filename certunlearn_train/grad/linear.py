@@ -1,6 +1,8 @@
 """nn.Linear: per-sample weight gradient sum_t g_t a_t^T over the positions t of the input."""
 from __future__ import annotations
 
+from typing import Dict, Union
+
 from torch import nn
 
 from ._types import Outer, PerSample
@@ -12,7 +14,7 @@ def linear_rule(module: nn.Linear, inputs, g):
     b = a.shape[0]
     a = a.reshape(b, 1, -1, module.in_features)  # (B, G=1, T, in): T = 1 for 2-D inputs
     g = g.reshape(b, 1, -1, module.out_features)
-    out = {"weight": Outer(g, a)}
+    out: Dict[str, Union[Outer, PerSample]] = {"weight": Outer(g, a)}
     if module.bias is not None:
         out["bias"] = PerSample(g.sum(2)[:, 0])
     return out

@@ -14,7 +14,7 @@ Lookup is by exact type: a subclass may change ``forward``, so it needs its own 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple, Optional, Type
+from typing import Any, Callable, Dict, NamedTuple, Optional, Type, TypeVar
 
 from torch import nn
 
@@ -23,14 +23,16 @@ __all__ = ["register", "rule_for", "Rule"]
 
 class Rule(NamedTuple):
     compute: Callable
-    check: Optional[Callable[[nn.Module], Optional[str]]]
+    # called only with instances of the exact type the rule was registered for
+    check: Optional[Callable[[Any], Optional[str]]]
 
 
 _RULES: Dict[type, Rule] = {}
+_M = TypeVar("_M", bound=nn.Module)
 
 
-def register(module_type: Type[nn.Module], rule: Callable,
-             check: Optional[Callable[[nn.Module], Optional[str]]] = None) -> None:
+def register(module_type: Type[_M], rule: Callable,
+             check: Optional[Callable[[_M], Optional[str]]] = None) -> None:
     """Register (or replace) the per-sample gradient rule of ``module_type``.
 
     Example, a layer ``y = x * scale`` with a (features,) parameter ``scale``::

@@ -23,7 +23,7 @@ __all__ = ["PerSampleGradients"]
 class PerSampleGradients:
     """Per-sample gradients of ``loss_fn(model(x_i), y_i)`` with respect to ``flat.params``."""
 
-    def __init__(self, model: nn.Module, flat, loss_fn: Callable, chunk_bytes: int = None):
+    def __init__(self, model: nn.Module, flat, loss_fn: Callable, chunk_bytes: Optional[int] = None):
         from torch.func import functional_call, grad, vmap
         self.flat = flat
         names = flat.names
