@@ -25,6 +25,7 @@ def _eps_list(text: str):
 
 def run_experiment_command(args) -> int:
     import os
+
     from .presets import ExperimentConfigError, get_preset, load_config_file
     from .runner import Experiment
     overrides = {"seeds": args.seeds, "data_root": args.data_root, "threads": args.threads,

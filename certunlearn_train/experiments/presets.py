@@ -67,7 +67,7 @@ class ExperimentConfigError(ValueError):
 def _digits_grids() -> Dict[str, Dict[str, List[Any]]]:
     # 8 configurations each (exact products); the noise-free training after the noisy phase
     # keeps lr 0.2 / batch 64 for the certified methods, retraining tunes lr and batch instead
-    ft = {"lr": [0.2], "batch_size": [64]}
+    ft: Dict[str, List[Any]] = {"lr": [0.2], "batch_size": [64]}
     return {
         "gradient_clipping": dict(ft, C0=[0.01, 0.1, 1.0, 10.0], C1=["natural"], steps=[10, 50],
                                   noisy_lr=[0.05], lam=[0.0], noisy_batch=[64]),
@@ -162,14 +162,16 @@ PRESETS: Dict[str, Dict[str, Any]] = {
               "forget_fraction": 0.1, "test_fraction": None},
         model={"name": "mlp", "kwargs": {"hidden": [256, 256]}},
         original={"epochs": 20, "lr": 0.05, "batch_size": 128}, epochs=20, n_configs=8,
-        threads=None, device="auto", tune_each_eps=False, grids=_image_grids([0.05, 0.1], [128, 256], [1.0, 10.0])),
+        threads=None, device="auto", tune_each_eps=False,
+        grids=_image_grids([0.05, 0.1], [128, 256], [1.0, 10.0])),
     "cifar10": _preset(
         name="cifar10",
         data={"name": "cifar10", "root": None, "val_fraction": 0.1, "split_seed": 0,
               "forget_fraction": 0.1, "test_fraction": None},
         model={"name": "cnn", "kwargs": {"channels": [32, 64]}},
         original={"epochs": 30, "lr": 0.05, "batch_size": 128}, epochs=30, n_configs=8,
-        threads=None, device="auto", tune_each_eps=False, grids=_image_grids([0.05, 0.1], [128, 256], [1.0, 10.0])),
+        threads=None, device="auto", tune_each_eps=False,
+        grids=_image_grids([0.05, 0.1], [128, 256], [1.0, 10.0])),
 }
 
 

@@ -26,7 +26,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .metrics import validation_score
 from .presets import CERTIFIED, METHOD_NAMES, method_configs
@@ -66,6 +66,7 @@ class _Data:
 
     def __init__(self, cfg, device):
         import numpy as np
+
         from ..data import load_dataset, train_test_split
         d = cfg["data"]
         kwargs = {}
@@ -132,8 +133,8 @@ class Experiment:
         self.reused = 0
         for sub in ("units", "originals", "certificates", "figures"):
             os.makedirs(os.path.join(out, sub), exist_ok=True)
-        self._data = None
-        self._originals = {}
+        self._data: Optional[_Data] = None
+        self._originals: Dict[Any, Any] = {}
 
     # ------------------------------------------------------------------------------------------
     # set-up
@@ -159,6 +160,7 @@ class Experiment:
 
     def _build_model(self, seed_tag):
         import torch
+
         from ..models import build_model
         kwargs = {k: tuple(v) if isinstance(v, list) else v
                   for k, v in self.cfg["model"].get("kwargs", {}).items()}
@@ -173,6 +175,7 @@ class Experiment:
         if seed in self._originals:
             return self._originals[seed]
         import torch
+
         from ..certificates import atomic_write_bytes
         from ..train import train
         spec = dict(self._shared_spec(), kind="original", seed=seed)
@@ -206,6 +209,7 @@ class Experiment:
         """Transfer set-ups: the whole model trained on the public classes (cached on disk);
         its non-private parameters are the frozen public backbone of every run."""
         import torch
+
         from ..certificates import atomic_write_bytes
         from ..train import train
         spec = dict(self._shared_spec(), kind="backbone")
@@ -265,6 +269,7 @@ class Experiment:
         """Run one unit: the method's work after the request, evaluated after the noisy phase
         (or at the start) and after every pass of noise-free training."""
         import torch
+
         from ..baselines import dpsgd_train, output_perturbation, reinitialize_, retrain
         from ..certificates import build_run_certificate, weights_sha256
         from ..train import train
@@ -281,7 +286,7 @@ class Experiment:
                "n_retain": n_retain, "n_forget": n_forget}
         times = {"pre_request_s": 0.0, "noisy_s": 0.0, "train_s": 0.0}
         points: List[Dict[str, Any]] = []
-        clock = {"t0": 0.0, "eval": 0.0, "noisy_end": None}
+        clock: Dict[str, Optional[float]] = {"t0": 0.0, "eval": 0.0, "noisy_end": None}
         start_epochs = [0.0]
 
         def point(model, epochs, phase):
@@ -325,8 +330,10 @@ class Experiment:
                     finetune_batch_size=cfg["batch_size"], seed=noise_seed,
                     after_noisy_phase=after_noisy, epoch_callback=per_epoch, **common, **kw)
                 total = stop()
-                times["noisy_s"] = clock["noisy_end"]
-                times["train_s"] = total - clock["noisy_end"]
+                noisy_end = clock["noisy_end"]
+                assert noisy_end is not None  # set by after_noisy, which unlearn() always calls
+                times["noisy_s"] = noisy_end
+                times["train_s"] = total - noisy_end
             elif method == "output_perturbation":
                 original = self.original(seed)
                 op = dict(eps=spec["eps"], delta=spec["delta"], C0=cfg["C0"], seed=noise_seed,
@@ -445,6 +452,7 @@ class Experiment:
 
     def _run(self) -> Dict[str, Any]:
         from tqdm.auto import tqdm
+
         from .summary import write_outputs
         _atomic_json(os.path.join(self.out, "experiment.json"), self.cfg)
         n_tune, n_eval = self.plan()
@@ -459,7 +467,7 @@ class Experiment:
             gkey = _group_name(method, eps)
             if not self.cfg["tune_each_eps"] and eps is not None and eps != self.cfg["main_eps"]:
                 continue  # filled in below from the main eps's choice
-            best = None
+            best: Optional[Tuple[float, int, Dict[str, Any]]] = None
             for i, config in enumerate(method_configs(self.cfg, method)):
                 scores = []
                 for ts in self.cfg["tune_seeds"]:
@@ -473,6 +481,7 @@ class Experiment:
                                "status": "ok" if math.isfinite(score) else "infeasible"})
                 if best is None or score > best[0]:
                     best = (score, i, config)
+            assert best is not None  # every method has at least one configuration
             chosen[gkey] = {"method": method, "eps": eps, "config_index": best[1],
                             "config": best[2], "val_score": best[0]}
         if not self.cfg["tune_each_eps"]:

@@ -35,6 +35,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(capsys, tmp_path):
 
 def test_run_restores_the_thread_count(tmp_path, monkeypatch):
     import torch
+
     from certunlearn_train.experiments.presets import get_preset
     from certunlearn_train.experiments.runner import Experiment
     before = torch.get_num_threads()
@@ -91,6 +92,7 @@ def test_transfer_certifies_the_head_and_keeps_the_backbone(tmp_path):
 
 def test_demo_prints_the_saving_against_its_retrain(tmp_path):
     import re
+
     from certunlearn_train.demo import run_demo
     lines = []
     result = run_demo(str(tmp_path / "demo"), quick=True, seed=0, progress=False,

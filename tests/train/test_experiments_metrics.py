@@ -2,13 +2,24 @@
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from certunlearn_train.experiments.metrics import (accuracy_at, epochs_to_target, mean_spread,
-                                                   validation_score, wall_to_target)
-from certunlearn_train.experiments.presets import (METHOD_NAMES, PRESETS, ExperimentConfigError,
-                                                   get_preset, method_configs,
-                                                   validate_experiment)
+from certunlearn_train.experiments.metrics import (
+    accuracy_at,
+    epochs_to_target,
+    mean_spread,
+    validation_score,
+    wall_to_target,
+)
+from certunlearn_train.experiments.presets import (
+    METHOD_NAMES,
+    PRESETS,
+    ExperimentConfigError,
+    get_preset,
+    method_configs,
+    validate_experiment,
+)
 from tests.hypothesis_budget import examples
 
 

@@ -192,7 +192,7 @@ def test_each_choice_is_the_best_validation_score(resumed_run):
     from certunlearn_train.experiments.metrics import validation_score
     out, cfg, exp = resumed_run["out"], resumed_run["cfg"], resumed_run["exp"]
     tuning = json.loads((out / "tuning.json").read_text())
-    for group, chosen in tuning["chosen"].items():
+    for chosen in tuning["chosen"].values():
         tried = [t for t in tuning["tried"]
                  if t["method"] == chosen["method"] and t["eps"] == chosen["eps"]]
         scores = []
