@@ -76,6 +76,19 @@ def _fmt_table(rows) -> str:
     return "\n".join(lines)
 
 
+def verify_command() -> str:
+    """``certunlearn verify`` as a command that works in a fresh shell (no activated venv needed).
+
+    The console script installed beside the running interpreter, by absolute path; without one,
+    the interpreter itself with ``-m certunlearn_train.cli``.
+    """
+    import sys
+    script = os.path.join(os.path.dirname(sys.executable), "certunlearn")
+    if os.path.isfile(script) and os.access(script, os.X_OK):
+        return f"{shlex.quote(script)} verify"
+    return f"{shlex.quote(sys.executable)} -m certunlearn_train.cli verify"
+
+
 def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[int] = None,
              progress: bool = True, echo=print) -> Dict[str, Any]:
     """Run the demo; write ``certificate.json`` and ``model.pt`` into ``out``; return the numbers.
@@ -165,7 +178,7 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     cert.verify(unlearned)
     assert weights_sha256(unlearned) == cert.model_sha256_after
     echo(f"wrote {cert_path} and {model_path}")
-    echo("check them with: certunlearn verify "
+    echo(f"check them with: {verify_command()} "
          f"{shlex.quote(os.path.abspath(cert_path))} {shlex.quote(os.path.abspath(model_path))}")
     return {"out": out, "results": results, "certificate": cert,
             "times": {"train": t_train, "unlearn": t_unlearn, "retrain": t_retrain}}
