@@ -36,6 +36,7 @@ from .amplification import pabi_rho, pabi_sigma, pabi_steps
 from .divergences import (classical_gaussian_sigma, gaussian_delta, gaussian_epsilon,
                           gaussian_sigma)
 from .errors import InvalidParameterError, UnreachableTargetError
+from .formatting import format_down, format_up
 from .model_clipping import (model_clipping_delta, model_clipping_epsilon, model_clipping_sigma,
                              model_clipping_steps)
 from .renyi import RenyiCurve, linear_rho_max, renyi_to_delta, renyi_to_dp
@@ -187,8 +188,8 @@ def steps_for(sigma, eps, delta, C0, C1, gamma, lam=0.0, *, method="gradient_cli
         if got <= eps:
             return 0
         raise UnreachableTargetError(
-            f"output perturbation has no steps: at sigma={sigma} it certifies eps={got:.6g} > "
-            f"{eps}", best=got)
+            f"output perturbation has no steps: at sigma={sigma} it certifies "
+            f"eps={format_up(got)} > {eps}", best=got)
     if method == "model_clipping":
         return model_clipping_steps(sigma, eps, delta, C0, C2, sigma0=sigma0, C1=C1, gamma=gamma,
                                     lam=lam, noise_after_projection=noise_after_projection,
@@ -201,8 +202,8 @@ def steps_for(sigma, eps, delta, C0, C1, gamma, lam=0.0, *, method="gradient_cli
         best = renyi_to_dp(RenyiCurve.linear(floor_rho), delta, conversion=conversion)
         raise UnreachableTargetError(
             f"no number of steps reaches eps={eps} at delta={delta} with sigma={sigma}: the "
-            f"bound's floor over all T is eps={best:.6g} (rho={floor_rho:.6g}); raise sigma or "
-            f"lower gamma*C1", best=best) from None
+            f"bound's floor over all T is eps={format_up(best)} (rho={format_down(floor_rho)}); "
+            f"raise sigma or lower gamma*C1", best=best) from None
     # the conversion rounds up by its own margin: make sure the returned T is certified
     for _ in range(3):
         if _gc_epsilon(sigma, delta_m, T, C0, C1, gamma, lam, sigma0, conversion) <= eps_m:

@@ -43,6 +43,7 @@ from ._numerics import (check_delta, check_epsilon, check_int, check_nonnegative
                         check_positive, finish, log_float_up, rigorous, to_float, working_digits)
 from .divergences import log_theta
 from .errors import InvalidParameterError, PrecisionError, UnreachableTargetError
+from .formatting import format_up
 
 __all__ = ["ModelClippingBound", "model_clipping_bound", "model_clipping_delta",
            "model_clipping_epsilon", "model_clipping_sigma", "model_clipping_steps"]
@@ -455,7 +456,7 @@ def model_clipping_steps(sigma, eps, delta, C0, C2, *, sigma0=0.0, C1=None, gamm
     traj = _trajectory_float(float(eps_m), s, max_steps, float(log_target))
     if traj[-1] > float(log_target):
         raise UnreachableTargetError(
-            f"{max_steps} steps give only delta = exp({traj[-1]:.6g}) > {float(delta_m):.6g}: "
+            f"{max_steps} steps give only delta = exp({format_up(traj[-1])}) > {float(delta_m)!r}: "
             f"raise sigma (or max_steps)", best=min(1.0, math.exp(traj[-1])))
     T = len(traj) - 1
     if T == 0:
