@@ -14,6 +14,7 @@ Conventions (THEORY.md section 8):
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from contextlib import contextmanager
@@ -64,6 +65,27 @@ def precision(digits: int) -> Iterator[int]:
         yield int(digits)
     finally:
         _digits.reset(token)
+
+
+def entry_point(function):
+    """Run ``function`` in the accountant's own mpmath context, whatever the caller's.
+
+    Every public function and method of the accountant is wrapped with this decorator: it enters
+    ``mp.workdps(working_digits())`` before anything is converted or computed, so inputs become
+    ``mpf`` at the accountant's precision and every step that reads ``mp.dps`` sees the
+    accountant's value, not the ``mp.dps``/``mp.prec`` the caller happens to have set (at
+    ``mp.dps = 4`` a float input used to be rounded to 16 bits). mpmath restores the caller's
+    precision on exit, also when an exception leaves the function. Calls between accountant
+    functions re-enter the same context (cheap). Wrapped functions carry
+    ``__accountant_entry_point__ = True`` (tested for the whole public API).
+    """
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with mp.workdps(_digits.get()):
+            return function(*args, **kwargs)
+
+    wrapper.__accountant_entry_point__ = True
+    return wrapper
 
 
 # ----------------------------------------------------------------------------------------------

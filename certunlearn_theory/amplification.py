@@ -46,7 +46,7 @@ import numbers
 from dataclasses import dataclass
 from mpmath import mp, mpf
 
-from ._numerics import (check_int, check_nonnegative, check_positive, finish, rigorous,
+from ._numerics import (check_int, entry_point, check_nonnegative, check_positive, finish, rigorous,
                         to_float, working_digits)
 from .errors import InvalidParameterError, UnreachableTargetError
 
@@ -302,6 +302,7 @@ def _ZS_at(sch: _Schedule, tau: int, unit_sigma: bool = False):
     raise AssertionError("unreachable")
 
 
+@entry_point
 def pabi_bound(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = False) -> PabiBound:
     """Renyi bound of noisy gradient-clipped fine-tuning by amplification by iteration.
 
@@ -339,6 +340,7 @@ def pabi_bound(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = F
                      Z=finish(Z, "up", as_mpf), S=finish(S, "down", as_mpf))
 
 
+@entry_point
 def pabi_rho(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = False):
     """rho_PABI of :func:`pabi_bound` alone (``D_alpha <= alpha * rho``), rounded up.
 
@@ -351,6 +353,7 @@ def pabi_rho(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = Fal
     return finish(rho, "up", as_mpf)
 
 
+@entry_point
 def pabi_sigma(rho_max, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = False):
     """Smallest constant noise std sigma with rho_PABI(sigma) <= rho_max, rounded up.
 
@@ -411,6 +414,7 @@ def _bisect_log(ok, lo, hi, rel=mpf(10) ** -13):
         return hi
 
 
+@entry_point
 def pabi_steps(rho_max, sigma, C0, C1, gamma, lam=0.0, *, sigma0=0.0, max_steps: int = 10**12):
     """Fewest steps T with rho_PABI <= rho_max for a constant schedule.
 
@@ -463,6 +467,7 @@ def pabi_steps(rho_max, sigma, C0, C1, gamma, lam=0.0, *, sigma0=0.0, max_steps:
     return hi
 
 
+@entry_point
 def shift_path(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, horizon=None):
     """Cauchy-Schwarz shift allocation for one horizon (floats, for inspection and tests).
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 
-from ._numerics import check_delta, check_epsilon, check_positive, finish, to_float
+from ._numerics import check_delta, entry_point, check_epsilon, check_positive, finish, to_float
 from .amplification import pabi_rho, pabi_sigma, pabi_steps
 from .divergences import (classical_gaussian_sigma, gaussian_delta, gaussian_epsilon,
                           gaussian_sigma)
@@ -62,6 +62,7 @@ def _gc_epsilon(sigma, delta, T, C0, C1, gamma, lam, sigma0, conversion, as_mpf=
     return renyi_to_dp(RenyiCurve.linear(rho), delta, conversion=conversion, as_mpf=as_mpf)
 
 
+@entry_point
 def noise_for(eps, delta, T, C0, C1, gamma, lam=0.0, *, method="gradient_clipping", C2=None,
               sigma0=0.0, noise_after_projection=True, conversion="improved"):
     """Smallest per-step noise std sigma whose unlearning guarantee is (eps, delta), rounded UP.
@@ -121,6 +122,7 @@ def noise_for(eps, delta, T, C0, C1, gamma, lam=0.0, *, method="gradient_clippin
     raise UnreachableTargetError("could not certify a noise level for the target", best=None)
 
 
+@entry_point
 def epsilon_for(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradient_clipping", C2=None,
                 sigma0=0.0, noise_after_projection=True, conversion="improved"):
     """The eps of a setting at a given delta, rounded UP (see :func:`noise_for` for the bounds).
@@ -144,6 +146,7 @@ def epsilon_for(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradient_cli
                   "up", False)
 
 
+@entry_point
 def delta_for(sigma, eps, T, C0, C1, gamma, lam=0.0, *, method="gradient_clipping", C2=None,
               sigma0=0.0, noise_after_projection=True, conversion="improved"):
     """The delta of a setting at a given eps, rounded UP (5e-324 below the float range).
@@ -163,6 +166,7 @@ def delta_for(sigma, eps, T, C0, C1, gamma, lam=0.0, *, method="gradient_clippin
     return renyi_to_delta(RenyiCurve.linear(rho), eps, conversion=conversion)
 
 
+@entry_point
 def steps_for(sigma, eps, delta, C0, C1, gamma, lam=0.0, *, method="gradient_clipping", C2=None,
               sigma0=0.0, noise_after_projection=True, conversion="improved",
               max_steps: int = 10**7):
@@ -212,6 +216,7 @@ def steps_for(sigma, eps, delta, C0, C1, gamma, lam=0.0, *, method="gradient_cli
     raise UnreachableTargetError("could not certify a step count", best=None)
 
 
+@entry_point
 def output_perturbation_classical_sigma(eps, delta, C0):
     """The textbook Gaussian-mechanism noise for output perturbation (comparison only).
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 from mpmath import mpf
 
-from ._numerics import check_delta, check_epsilon, to_float
+from ._numerics import check_delta, entry_point, check_epsilon, to_float
 from .amplification import _is_sequence, pabi_bound
 from .calibration import METHODS, epsilon_for
 from .dpsgd import dpsgd_bound
@@ -116,6 +116,7 @@ class Certificate:
             raise InvalidParameterError(f"version must be a string, got {self.version!r}")
 
     # serialisation ------------------------------------------------------------------------------
+    @entry_point
     def to_dict(self) -> dict:
         """A plain, JSON-ready dict (a deep copy)."""
         return {"format": _FORMAT, "method": self.method, "parameters": _thaw(self.parameters),
@@ -123,6 +124,7 @@ class Certificate:
                 "derivation": _thaw(self.derivation), "version": self.version}
 
     @classmethod
+    @entry_point
     def from_dict(cls, data: Mapping) -> "Certificate":
         """Rebuild a certificate from :meth:`to_dict` output (clear errors for missing keys)."""
         if not isinstance(data, Mapping):
@@ -140,6 +142,7 @@ class Certificate:
                    derivation=copy.deepcopy(dict(data.get("derivation", {}))),
                    version=data.get("version", ""))
 
+    @entry_point
     def to_json(self, **kwargs) -> str:
         """JSON text; floats are written with ``repr`` so they read back exactly."""
         kwargs.setdefault("indent", 2)
@@ -147,6 +150,7 @@ class Certificate:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
+    @entry_point
     def from_json(cls, text: str) -> "Certificate":
         """Parse :meth:`to_json` output."""
         try:
@@ -164,6 +168,7 @@ class Certificate:
         return hash(self.to_json())
 
     # verification -------------------------------------------------------------------------------
+    @entry_point
     def verify(self) -> "Certificate":
         """Recompute the guarantee; raise ``ValueError`` with the reason if it does not reproduce.
 
@@ -228,6 +233,7 @@ def _compare(path, recorded, fresh):
 # Factories
 # ----------------------------------------------------------------------------------------------
 
+@entry_point
 def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradient_clipping",
                       C2=None, sigma0=0.0, eps=None, noise_after_projection=True,
                       conversion="improved") -> Certificate:
@@ -293,6 +299,7 @@ def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradie
                        delta=float(delta), derivation=derivation, version=_version())
 
 
+@entry_point
 def issue_dpsgd_certificate(noise_multiplier, sampling_rate, steps, delta, *, group_size=1,
                             eps=None) -> Certificate:
     """Certificate of the DP-SGD group-privacy baseline (method ``"dpsgd_group"``).

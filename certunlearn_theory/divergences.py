@@ -31,6 +31,7 @@ from mpmath import mp, mpf
 
 from ._numerics import (
     GUARD_DIGITS,
+    entry_point,
     check_delta,
     check_epsilon,
     check_nonnegative,
@@ -219,8 +220,11 @@ def _ratio(numerator: mpf, sigma: mpf, eps: mpf) -> mpf:
         return numerator / sigma
 
 
-def theta(eps, r) -> mpf:
+def raw_theta(eps, r) -> mpf:
     """Hockey-stick divergence theta_eps(r) = E_{e^eps}(N(r,1) || N(0,1)) at the current mp.dps.
+
+    The building block of every accountant computation, which calls it at the precisions it
+    chooses itself; users call :func:`theta` (the same value at ``working_digits()``).
 
     Formula (Balle & Wang 2018, Theorem 8; THEORY.md section 2):
     ``Phi(r/2 - eps/r) - e^eps Phi(-eps/r - r/2)``. Accurate to full relative precision for every
@@ -228,13 +232,8 @@ def theta(eps, r) -> mpf:
     the asymptotic series of Mills' ratio), never negative. ``r = +inf`` gives 1, ``r = 0`` or
     ``eps = +inf`` gives 0.
 
-    This is the raw function: no validation and no safe-side rounding (use
-    :func:`gaussian_delta` for a guarantee). Arguments are converted with ``mpf``.
-
-    >>> from mpmath import mp
-    >>> with mp.workdps(50):
-    ...     mp.nstr(theta(1, 2), 12)
-    '0.509861660055'
+    No validation and no safe-side rounding (use :func:`gaussian_delta` for a guarantee).
+    Arguments are converted exactly (an ``mpf`` is not rounded to the ambient precision).
     """
     eps, r = _exact(eps), _exact(r)
     if mp.isinf(eps) or r == 0:
@@ -251,6 +250,35 @@ def theta(eps, r) -> mpf:
     return _theta_direct(eps, r)
 
 
+@entry_point
+def theta(eps, r) -> mpf:
+    """Hockey-stick divergence theta_eps(r) = E_{e^eps}(N(r,1) || N(0,1)) as an ``mpf``.
+
+    Formula (Balle & Wang 2018, Theorem 8; THEORY.md section 2):
+    ``Phi(r/2 - eps/r) - e^eps Phi(-eps/r - r/2)``, accurate to full relative precision at
+    ``working_digits()`` significant digits (set them with :func:`certunlearn_theory.precision`;
+    the caller's ``mp.dps`` plays no part) for every ``eps >= 0`` and ``r > 0``, never negative.
+    ``r = +inf`` gives 1, ``r = 0`` or ``eps = +inf`` gives 0. The raw value: no validation and
+    no safe-side rounding (use :func:`gaussian_delta` for a guarantee).
+
+    >>> from mpmath import mp
+    >>> mp.nstr(theta(1, 2), 12)
+    '0.509861660055'
+    """
+    return raw_theta(eps, r)
+
+
+@entry_point
+def log_theta(eps, r) -> mpf:
+    """Natural logarithm of :func:`theta` at ``working_digits()``, to full relative precision.
+
+    Works far below the range of ``theta`` itself (``theta < 10^(-10^6)`` and beyond) and near
+    ``theta = 1``; see :func:`raw_log_theta`. ``r = +inf`` gives 0, ``r = 0`` or ``eps = +inf``
+    gives ``-inf``. No validation, no rounding.
+    """
+    return raw_log_theta(eps, r)
+
+
 def _one_minus_theta(eps: mpf, r: mpf) -> mpf:
     """1 - theta = Q(-m) + phi(m) R(m + r) for m < 0 (sum of positives)."""
     target = mp.dps
@@ -262,8 +290,10 @@ def _one_minus_theta(eps: mpf, r: mpf) -> mpf:
     return +value
 
 
-def log_theta(eps, r) -> mpf:
-    """Natural logarithm of :func:`theta`, at the current mp.dps, to full relative precision.
+def raw_log_theta(eps, r) -> mpf:
+    """Natural logarithm of :func:`raw_theta`, at the current mp.dps, to full relative precision.
+
+    Used inside accountant computations; users call :func:`log_theta` (``working_digits()``).
 
     Works far below the range of ``theta`` itself (``theta < 10^(-10^6)`` and beyond: for
     ``m = eps/r - r/2 >= 1000`` it uses ``-m^2/2 - ln sqrt(2 pi) + ln(R(m) - R(m + r))`` with the
@@ -281,7 +311,7 @@ def log_theta(eps, r) -> mpf:
         with mp.workdps(target):
             return +value
     with mp.workdps(target + 5):
-        value = theta(eps, r)
+        value = raw_theta(eps, r)
         if value > mpf(1) / 2 and eps > 0:
             result = mp.log1p(-_one_minus_theta(eps, r))
         elif value > mpf(1) / 2:
@@ -342,6 +372,7 @@ def _bracketed_newton(f, lo: mpf, hi: mpf, start: mpf, tol: mpf, max_iter: int =
 # Guarantees of the Gaussian mechanism
 # ----------------------------------------------------------------------------------------------
 
+@entry_point
 def gaussian_delta(eps, sensitivity, sigma, *, as_mpf: bool = False):
     """Exact privacy profile of the Gaussian mechanism, rounded UP.
 
@@ -368,7 +399,7 @@ def gaussian_delta(eps, sensitivity, sigma, *, as_mpf: bool = False):
     sigma = check_positive("sigma", sigma)
     if sensitivity == 0:
         return mpf(0) if as_mpf else 0.0
-    value = rigorous(lambda: theta(eps, _ratio(sensitivity, sigma, eps)), "up",
+    value = rigorous(lambda: raw_theta(eps, _ratio(sensitivity, sigma, eps)), "up",
                      what="gaussian_delta")
     return finish(min(value, mpf(1)), "up", as_mpf)  # theta <= 1: widening stops at 1
 
@@ -378,7 +409,7 @@ def _solve_log_r(eps: mpf, log_delta: mpf) -> mpf:
 
     def f(u):
         r = mp.exp(u)
-        log_t = log_theta(eps, r)
+        log_t = raw_log_theta(eps, r)
         slope = r * mp.exp(_log_phi_m(eps, r) - log_t)  # d ln theta / d ln r
         return log_t - log_delta, slope
 
@@ -417,7 +448,7 @@ def _max_noise_ratio_mpf(eps: mpf, delta: mpf) -> mpf:
         shrink = mpf(10) ** (-(digits - 8))
         for _ in range(30):
             candidate = mp.exp(u) * (1 - shrink)
-            if log_theta(eps, candidate) <= log_delta - margin:
+            if raw_log_theta(eps, candidate) <= log_delta - margin:
                 return candidate
             shrink *= 10
             if shrink >= 1:
@@ -425,6 +456,7 @@ def _max_noise_ratio_mpf(eps: mpf, delta: mpf) -> mpf:
     raise PrecisionError(f"max_noise_ratio(eps={eps}, delta={delta}): could not verify the root")
 
 
+@entry_point
 def max_noise_ratio(eps, delta, *, as_mpf: bool = False):
     """Largest sensitivity-to-noise ratio of a Gaussian mechanism that is (eps, delta)-DP.
 
@@ -443,6 +475,7 @@ def max_noise_ratio(eps, delta, *, as_mpf: bool = False):
     return finish(_max_noise_ratio_mpf(eps, delta), "down", as_mpf)
 
 
+@entry_point
 def gaussian_sigma(eps, delta, sensitivity, *, as_mpf: bool = False):
     """Smallest noise standard deviation making the Gaussian mechanism (eps, delta)-DP.
 
@@ -484,7 +517,7 @@ def _solve_epsilon(r: mpf, log_delta: mpf) -> mpf:
     """Root in eps of ln theta_eps(r) = ln delta (ln theta_0(r) > ln delta assumed)."""
 
     def f(eps):
-        log_t = log_theta(eps, r)
+        log_t = raw_log_theta(eps, r)
         m_plus_r = eps / r + r / 2
         slope = -mp.exp(_log_phi_m(eps, r) + mp.log(_mills(m_plus_r)) - log_t)
         return log_t - log_delta, slope
@@ -501,6 +534,7 @@ def _solve_epsilon(r: mpf, log_delta: mpf) -> mpf:
     return _bracketed_newton(f, lo, hi, guess, tol)
 
 
+@entry_point
 def gaussian_epsilon(delta, sensitivity, sigma, *, as_mpf: bool = False):
     """Smallest eps >= 0 with ``theta_eps(sensitivity/sigma) <= delta``, rounded UP.
 
@@ -524,14 +558,14 @@ def gaussian_epsilon(delta, sensitivity, sigma, *, as_mpf: bool = False):
         r = _ratio(sensitivity, sigma, mpf(0))
         log_delta = mp.log(delta)
         margin = mpf(10) ** (-(digits + 12)) * (1 + abs(log_delta))
-        if log_theta(0, r) <= log_delta - margin:
+        if raw_log_theta(0, r) <= log_delta - margin:
             eps = mpf(0)
         else:
             root = _solve_epsilon(r, log_delta)
             grow = mpf(10) ** (-(digits - 8))
             for _ in range(30):
                 eps = root * (1 + grow) + grow * r
-                if log_theta(eps, r) <= log_delta - margin:
+                if raw_log_theta(eps, r) <= log_delta - margin:
                     break
                 grow *= 10
             else:  # pragma: no cover
@@ -548,6 +582,7 @@ def gaussian_epsilon(delta, sensitivity, sigma, *, as_mpf: bool = False):
     raise PrecisionError("gaussian_epsilon: the rounded epsilon does not verify")  # pragma: no cover
 
 
+@entry_point
 def classical_gaussian_sigma(eps, delta, sensitivity, *, as_mpf: bool = False):
     """Textbook Gaussian-mechanism noise ``sensitivity * sqrt(2 ln(1.25/delta)) / eps``, rounded UP.
 
@@ -566,6 +601,7 @@ def classical_gaussian_sigma(eps, delta, sensitivity, *, as_mpf: bool = False):
     return finish(value, "up", as_mpf)
 
 
+@entry_point
 def gaussian_renyi(alpha, sensitivity, sigma, *, as_mpf: bool = False):
     """Renyi divergence of order alpha between N(0, sigma^2) and N(sensitivity, sigma^2), rounded UP.
 
@@ -604,9 +640,10 @@ def _contraction_log(eps: mpf, delta_in: mpf, radius: mpf, sigma: mpf) -> mpf:
     else:
         t = _log_expm1(eps) - mp.log(delta_in)  # ln((e^eps - 1)/delta_in)
         eps_tilde = t + mp.log1p(mp.exp(-t)) if t > 0 else mp.log1p(mp.exp(t))
-    return mp.log(delta_in) + log_theta(eps_tilde, _ratio(2 * radius, sigma, eps_tilde))
+    return mp.log(delta_in) + raw_log_theta(eps_tilde, _ratio(2 * radius, sigma, eps_tilde))
 
 
+@entry_point
 def hockey_stick_contraction(eps, delta_in, radius, sigma, *, as_mpf: bool = False):
     """One strong data-processing step of a Gaussian kernel applied after projection on a ball.
 

@@ -32,7 +32,7 @@ import numpy as np
 from mpmath import mp, mpf
 from scipy.special import gammaln
 
-from ._numerics import (GUARD_DIGITS, check_delta, check_epsilon, check_int, check_positive,
+from ._numerics import (GUARD_DIGITS, check_delta, entry_point, check_epsilon, check_int, check_positive,
                         check_real, finish, to_float, widen, working_digits)
 from .errors import InvalidParameterError, UnreachableTargetError
 from .renyi import RenyiCurve, renyi_to_delta, renyi_to_dp
@@ -88,6 +88,7 @@ def _log_a_mp(alpha: int, q: mpf, nm: mpf) -> mpf:
     return alpha * mp.log1p(-q) + mp.log(total)
 
 
+@entry_point
 def subsampled_gaussian_rdp(order, noise_multiplier, sampling_rate, *, steps=1, as_mpf=False):
     """Renyi DP of ``steps`` Poisson-subsampled Gaussian steps at an integer order, rounded up.
 
@@ -176,6 +177,7 @@ def _group_factor_mp(eps1: mpf, k: int) -> mpf:
 # Public API
 # ----------------------------------------------------------------------------------------------
 
+@entry_point
 def group_privacy(eps1, delta1, group_size, *, as_mpf=False):
     """Lift a per-example (eps1, delta1) guarantee to a group of k examples, rounded UP.
 
@@ -197,6 +199,7 @@ def group_privacy(eps1, delta1, group_size, *, as_mpf=False):
     return finish(eps, "up", as_mpf), finish(delta, "up", as_mpf)
 
 
+@entry_point
 def group_split(eps, delta, group_size, *, as_mpf=False):
     """Per-example target (eps1, delta1) whose group-of-k lift is exactly (eps, delta).
 
@@ -270,6 +273,7 @@ def _search_eps1(rdp_total: np.ndarray, orders, delta: float, k: int) -> float:
     return hi
 
 
+@entry_point
 def dpsgd_bound(noise_multiplier, sampling_rate, steps, delta, *, group_size=1,
                 orders=None) -> DpsgdBound:
     """(eps, delta) group guarantee of DP-SGD with its derivation (see :func:`dpsgd_epsilon`)."""
@@ -308,6 +312,7 @@ def dpsgd_bound(noise_multiplier, sampling_rate, steps, delta, *, group_size=1,
     raise UnreachableTargetError(f"could not certify group delta <= {delta} for k={k}")
 
 
+@entry_point
 def dpsgd_epsilon(noise_multiplier, sampling_rate, steps, delta, *, group_size=1, orders=None):
     """Epsilon of DP-SGD (Poisson sampling, Gaussian noise) for a group of k examples, rounded UP.
 
@@ -333,6 +338,7 @@ def dpsgd_epsilon(noise_multiplier, sampling_rate, steps, delta, *, group_size=1
                        orders=orders).eps
 
 
+@entry_point
 def dpsgd_noise_multiplier(eps, delta, sampling_rate, steps, *, group_size=1, orders=None):
     """Smallest noise multiplier whose DP-SGD group guarantee is (eps, delta), rounded UP.
 

@@ -23,6 +23,7 @@ from fractions import Fraction
 
 from mpmath import mpf
 
+from ._numerics import entry_point
 from .errors import InvalidParameterError
 
 __all__ = ["format_up", "format_down"]
@@ -128,6 +129,7 @@ def _format(x, digits, up: bool, name: str) -> str:
     return _layout(n, k, int(digits))
 
 
+@entry_point
 def format_up(x, digits=6) -> str:
     """Decimal text >= x with at most ``digits`` significant digits (the smallest such text).
 
@@ -149,6 +151,7 @@ def format_up(x, digits=6) -> str:
     return _format(x, digits, True, "x")
 
 
+@entry_point
 def format_down(x, digits=6) -> str:
     """Decimal text <= x with at most ``digits`` significant digits (the largest such text).
 

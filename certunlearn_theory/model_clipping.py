@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from mpmath import mp, mpf
 from scipy.special import erfcx, log_ndtr, ndtr
 
-from ._numerics import (check_delta, check_epsilon, check_int, check_nonnegative,
+from ._numerics import (check_delta, check_epsilon, check_int, entry_point, check_nonnegative,
                         check_positive, finish, log_float_up, rigorous, to_float, working_digits)
-from .divergences import log_theta
+from .divergences import raw_log_theta
 from .errors import InvalidParameterError, PrecisionError, UnreachableTargetError
 from .formatting import format_up
 
@@ -98,7 +98,7 @@ def _validate(sigma, T, C0, C2, sigma0, C1, gamma, lam, noise_after_projection, 
 
 def _setting(eps: mpf, sigma: mpf, C0, C2, sigma0, extra) -> _Setting:
     """Radii at the current precision."""
-    log_d0 = mpf(0) if sigma0 == 0 else min(mpf(0), log_theta(eps, 2 * C0 / sigma0))
+    log_d0 = mpf(0) if sigma0 == 0 else min(mpf(0), raw_log_theta(eps, 2 * C0 / sigma0))
     inf = mp.inf
     if extra is None:
         r = 2 * C2 / sigma if sigma > 0 else inf
@@ -158,7 +158,7 @@ def _log_theta_mp(eps: mpf, r: mpf, exp_eps=None) -> mpf:
         one_minus = (mp.erfc(-m / s2) + exp_eps * mp.erfc((m + r) / s2)) / 2
         if one_minus < mpf(1) / 2:
             return mp.log1p(-one_minus)
-    return log_theta(eps, r)
+    return raw_log_theta(eps, r)
 
 
 def _eps_tilde(log_expm1_eps, log_delta, lib):
@@ -253,6 +253,7 @@ class ModelClippingBound:
     log_deltas: tuple
 
 
+@entry_point
 def model_clipping_bound(sigma, eps, T, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
                          noise_after_projection=True) -> ModelClippingBound:
     """delta_T of the exact recursion with its trajectory (see :func:`model_clipping_delta`)."""
@@ -270,6 +271,7 @@ def model_clipping_bound(sigma, eps, T, C0, C2, *, sigma0=0.0, C1=None, gamma=No
                               + (to_float(log_delta, "up"),))
 
 
+@entry_point
 def model_clipping_delta(sigma, eps, T, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
                          noise_after_projection=True):
     """delta of T projected noisy steps at a given eps (exact recursion), rounded UP.
@@ -317,6 +319,7 @@ def _solve_decreasing(g, lo, hi, rel=1e-13):
     return hi
 
 
+@entry_point
 def model_clipping_sigma(eps, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
                          noise_after_projection=True, as_mpf=False):
     """Smallest noise std sigma whose exact recursion gives delta_T <= delta at eps, rounded UP.
@@ -353,7 +356,7 @@ def model_clipping_sigma(eps, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamma=No
 
     if sigma0 > 0:
         with mp.workdps(working_digits()):
-            d0 = rigorous(lambda: log_theta(eps_m, 2 * C0 / sigma0), "up")
+            d0 = rigorous(lambda: raw_log_theta(eps_m, 2 * C0 / sigma0), "up")
         if d0 <= log_target:
             return finish(mpf(0), "up", as_mpf)
     hi = float(C2)
@@ -382,6 +385,7 @@ def model_clipping_sigma(eps, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamma=No
     raise PrecisionError("could not certify a model-clipping sigma")
 
 
+@entry_point
 def model_clipping_epsilon(sigma, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
                            noise_after_projection=True, as_mpf=False):
     """Smallest eps with delta_T(eps) <= delta for the exact recursion, rounded UP.
@@ -430,6 +434,7 @@ def model_clipping_epsilon(sigma, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamm
     raise PrecisionError("could not certify a model-clipping epsilon")
 
 
+@entry_point
 def model_clipping_steps(sigma, eps, delta, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
                          noise_after_projection=True, max_steps: int = 10**7) -> int:
     """Fewest steps T with delta_T <= delta at eps (exact recursion).
