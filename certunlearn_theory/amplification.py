@@ -240,7 +240,9 @@ def _const_candidates(sch: _Schedule, unit_sigma: bool) -> list[int]:
         sig2 = mpf(1) if unit_sigma else sch.sigma ** 2
         s02 = mpf(0) if unit_sigma else sch.sigma0 ** 2
         crit = None
-        if gl == 0:
+        if sig2 == 0:  # sigma = 0 (initial noise only): Z/sqrt(S) grows with tau, tau = 0 is best
+            pass
+        elif gl == 0:
             if s > 0:
                 crit = a / s - 2 * s02 / sig2  # root of d/dtau ln((a + s tau)^2 / (s02 + sig2 tau))
         elif gl < 1 and s > 0:

@@ -74,9 +74,11 @@ def noise_for(eps, delta, T, C0, C1, gamma, lam=0.0, *, method="gradient_clippin
       (THEORY.md section 6);
     * output perturbation: ``sigma = 2 C0 / r*``, ``r* = sup{r : theta_eps(r) <= delta}``.
 
-    The result is checked by evaluating the guarantee at the returned float: ``epsilon_for(
-    noise_for(eps, ...), ...) <= eps``. A result of 0.0 means the initial noise sigma0 alone
-    already meets the target.
+    No value leaves unchecked: the forward bound is evaluated at the returned float
+    (``epsilon_for(noise_for(eps, ...), ...) <= eps`` for gradient clipping, ``delta_for(...)
+    <= delta`` otherwise) and must meet the target, else :class:`UnreachableTargetError`. A
+    result of 0.0 means the initial noise sigma0 alone already meets the target (checked too).
+    A sigma beyond the float range raises :class:`UnreachableTargetError`.
 
     Args:
         eps: target epsilon > 0.
@@ -102,24 +104,52 @@ def noise_for(eps, delta, T, C0, C1, gamma, lam=0.0, *, method="gradient_clippin
     delta_m = check_delta(delta)
     sigma0 = _sigma0(sigma0)
     if method == "output_perturbation":
-        return gaussian_sigma(eps, delta, 2 * check_positive("C0", C0))
-    if method == "model_clipping":
-        return model_clipping_sigma(eps, delta, T, C0, C2, sigma0=sigma0, C1=C1, gamma=gamma,
-                                    lam=lam, noise_after_projection=noise_after_projection)
-    rho_max = linear_rho_max(eps, delta, conversion=conversion, as_mpf=True)
+        sensitivity = 2 * check_positive("C0", C0)
+        result = gaussian_sigma(eps, delta, sensitivity)
+        _check_float_range(result)
+        meets = gaussian_delta(eps, sensitivity, result) <= delta_m
+    elif method == "model_clipping":
+        result = model_clipping_sigma(eps, delta, T, C0, C2, sigma0=sigma0, C1=C1, gamma=gamma,
+                                      lam=lam, noise_after_projection=noise_after_projection)
+        _check_float_range(result)
+        meets = model_clipping_delta(result, eps, T, C0, C2, sigma0=sigma0, C1=C1, gamma=gamma,
+                                     lam=lam, noise_after_projection=noise_after_projection
+                                     ) <= delta_m
+    else:
+        result, meets = _gc_noise(eps_m, delta_m, T, C0, C1, gamma, lam, sigma0, conversion)
+    if not meets:  # no value leaves the accountant without the forward bound meeting the target
+        raise UnreachableTargetError(
+            f"could not certify a noise level for eps={eps}, delta={delta} ({method}): the "
+            f"forward bound at sigma={result!r} misses the target", best=None)
+    return result
+
+
+def _check_float_range(sigma: float) -> None:
+    if math.isinf(sigma):
+        raise UnreachableTargetError(
+            "the noise needed for the target is beyond the float range (sigma > 1.8e308): "
+            "lower the clipping radii or raise the target", best=None)
+
+
+def _gc_noise(eps_m, delta_m, T, C0, C1, gamma, lam, sigma0, conversion):
+    """Gradient clipping: (sigma, whether the forward bound at it meets eps)."""
+    rho_max = linear_rho_max(eps_m, delta_m, conversion=conversion, as_mpf=True)
     if rho_max <= 0:
-        raise UnreachableTargetError(f"eps={eps} at delta={delta} allows no Renyi budget", best=None)
+        raise UnreachableTargetError(f"eps={float(eps_m)!r} at delta={float(delta_m)!r} allows "
+                                     f"no Renyi budget", best=None)
     sigma = pabi_sigma(rho_max, T, C0, C1, gamma, lam, sigma0=sigma0, as_mpf=True)
-    if sigma == 0:
-        return 0.0
     result = to_float(sigma, "up")
+    _check_float_range(result)
     step = 1e-15
     for _ in range(100):  # the conversion rounds eps up by its own margin: check, nudge if needed
         if _gc_epsilon(result, delta_m, T, C0, C1, gamma, lam, sigma0, conversion) <= eps_m:
-            return result
+            return result, True
+        if result == 0:
+            return result, False
         result = math.nextafter(result * (1 + step), math.inf)
+        _check_float_range(result)
         step *= 2
-    raise UnreachableTargetError("could not certify a noise level for the target", best=None)
+    return result, False
 
 
 @entry_point

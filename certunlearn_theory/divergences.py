@@ -242,7 +242,7 @@ def raw_theta(eps, r) -> mpf:
         return mpf(1)
     if eps == 0:  # total variation 2 Phi(r/2) - 1 = erf(r/(2 sqrt 2)) = 1 - 2 Q(r/2)
         with mp.workdps(mp.dps + 5):
-            value = mp.erf(r / (2 * mp.sqrt(2))) if r < 2 else 1 - 2 * _upper_tail(r / 2)
+            value = mp.erf(r / (2 * mp.sqrt(2))) if r < 2 else 1 - 2 * _upper_tail(mp.ldexp(r, -1))
         return +value
     if _m_estimate(eps, r) >= _ASYMPTOTIC_FROM:
         value = mp.exp(_log_theta_asymptotic(eps, r))
@@ -315,7 +315,7 @@ def raw_log_theta(eps, r) -> mpf:
         if value > mpf(1) / 2 and eps > 0:
             result = mp.log1p(-_one_minus_theta(eps, r))
         elif value > mpf(1) / 2:
-            result = mp.log1p(-2 * _upper_tail(r / 2))  # r/2 is exact
+            result = mp.log1p(-2 * _upper_tail(mp.ldexp(r, -1)))  # r/2 exactly (all bits of r)
         else:
             result = mp.log(value)
     with mp.workdps(target):
