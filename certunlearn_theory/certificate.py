@@ -323,7 +323,7 @@ def issue_dpsgd_certificate(noise_multiplier, sampling_rate, steps, delta, *, gr
               "steps": steps, "group_size": group_size, "delta": delta}
     derivation = {"eps1": b.eps1, "delta1": b.delta1, "order": b.order,
                   "orders": {str(k): v for k, v in b.orders.items()},
-                  "bound": "Poisson-subsampled Gaussian RDP (integer orders), improved "
+                  "bound": "Poisson-subsampled Gaussian RDP (real orders), improved "
                            "conversion, group lift (k eps1, delta1 (e^(k eps1)-1)/(e^eps1-1))"}
     return Certificate(method="dpsgd_group", parameters=params, sigma=float(noise_multiplier),
                        eps=stated, delta=float(delta), derivation=derivation, version=_version())
