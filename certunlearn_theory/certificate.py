@@ -191,7 +191,8 @@ class Certificate:
                     p.get("lam", 0.0), method=self.method, C2=p.get("C2"),
                     sigma0=p.get("sigma0", 0.0),
                     noise_after_projection=p.get("noise_after_projection", True),
-                    conversion=p.get("conversion", "improved"))
+                    conversion=p.get("conversion", "improved"),
+                    shift_slack=p.get("shift_slack", 0.0))
         except KeyError as exc:
             raise ValueError(f"certificate parameters lack {exc.args[0]!r}") from None
         except ValueError as exc:
@@ -236,12 +237,13 @@ def _compare(path, recorded, fresh):
 @entry_point
 def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradient_clipping",
                       C2=None, sigma0=0.0, eps=None, noise_after_projection=True,
-                      conversion="improved") -> Certificate:
+                      conversion="improved", shift_slack=0.0) -> Certificate:
     """Compute the guarantee of a setting and record it with its derivation.
 
     With ``eps=None`` the certificate states the accountant's eps (rounded up). With a target eps
     it checks that the accountant reproduces it (certified eps <= target) and states the target;
-    otherwise it raises ``ValueError`` saying what the accountant certifies instead.
+    otherwise it raises ``ValueError`` saying what the accountant certifies instead. A nonzero
+    ``shift_slack`` (see :func:`certunlearn_theory.noise_for`) is recorded in the parameters.
 
     >>> c = issue_certificate(1.618053, 1e-5, 100, 1.0, 1.0, 0.01, eps=1.0)
     >>> c.eps, c.derivation["horizon"]
@@ -255,7 +257,8 @@ def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradie
     delta_m = check_delta(delta)
     params: dict = {"delta": delta}
     if method == "gradient_clipping":
-        bound = pabi_bound(sigma, T, C0, C1, gamma, lam, sigma0=sigma0, as_mpf=True)
+        bound = pabi_bound(sigma, T, C0, C1, gamma, lam, sigma0=sigma0, as_mpf=True,
+                           shift_slack=shift_slack)
         certified, alpha = renyi_to_dp(RenyiCurve.linear(bound.rho), delta_m,
                                        conversion=conversion, with_order=True)
         params.update(T=T, C0=C0, C1=C1, gamma=gamma, lam=lam, sigma0=sigma0,
@@ -268,9 +271,11 @@ def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradie
     elif method == "model_clipping":
         certified = model_clipping_epsilon(sigma, delta, T, C0, C2, sigma0=sigma0, C1=C1,
                                            gamma=gamma, lam=lam,
-                                           noise_after_projection=noise_after_projection)
+                                           noise_after_projection=noise_after_projection,
+                                           shift_slack=shift_slack)
         b = model_clipping_bound(sigma, certified, T, C0, C2, sigma0=sigma0, C1=C1, gamma=gamma,
-                                 lam=lam, noise_after_projection=noise_after_projection)
+                                 lam=lam, noise_after_projection=noise_after_projection,
+                                 shift_slack=shift_slack)
         params.update(T=T, C0=C0, C2=C2, sigma0=sigma0,
                       noise_after_projection=bool(noise_after_projection))
         if not noise_after_projection:
@@ -280,11 +285,15 @@ def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradie
                                "eps~_t = ln(1 + (e^eps - 1)/delta_t)"}
         sigma_value = float(sigma)
     else:
-        certified = epsilon_for(sigma, delta, None, C0, None, None, method=method)
+        certified = epsilon_for(sigma, delta, None, C0, None, None, method=method,
+                                shift_slack=shift_slack)
         params.update(C0=C0)
-        derivation = {"sensitivity": 2.0 * float(C0), "ratio": 2.0 * float(C0) / float(sigma),
+        sensitivity = 2.0 * float(C0) + float(shift_slack)
+        derivation = {"sensitivity": sensitivity, "ratio": sensitivity / float(sigma),
                       "bound": "theta_eps(2 C0 / sigma) <= delta (analytic Gaussian)"}
         sigma_value = float(sigma)
+    if shift_slack:
+        params.update(shift_slack=shift_slack)
     if _is_sequence(sigma_value):
         raise InvalidParameterError("a certificate records one constant sigma; got a sequence "
                                     "(record the schedule in the training log instead)")

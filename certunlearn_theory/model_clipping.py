@@ -66,7 +66,15 @@ class _Setting:
 
 
 def _validate(sigma, T, C0, C2, sigma0, C1, gamma, lam, noise_after_projection, *,
-              sigma_known=True, T_required=True):
+              sigma_known=True, T_required=True, shift_slack=0.0):
+    """Validated inputs; a shift slack widens every mean distance by ``shift_slack``.
+
+    The slack (e.g. float32 rounding, THEORY.md section 8) enters through the radii: the start
+    diameter 2 C0 + slack and the step diameter 2 C2 + slack (noise after projection) or
+    2 (|1 - gamma lam| C2 + gamma C1) + slack (noise before projection, through C1 + slack /
+    (2 gamma)).
+    """
+    slack = check_nonnegative("shift_slack", shift_slack)
     T = check_int("T", T, low=1) if (T is not None or T_required) else None
     C0 = check_positive("C0", C0)
     if C2 is None:
@@ -93,7 +101,11 @@ def _validate(sigma, T, C0, C2, sigma0, C1, gamma, lam, noise_after_projection, 
         if gamma * lam > 1:
             raise InvalidParameterError(f"gamma*lam must be <= 1, got gamma={float(gamma)}, "
                                         f"lam={float(lam)}")
-        extra = (C1, gamma, lam)
+        extra = (C1 + slack / (2 * gamma), gamma, lam)
+    elif slack > 0:
+        C2 = C2 + slack / 2
+    if slack > 0:
+        C0 = C0 + slack / 2
     return sigma, T, C0, C2, sigma0, extra
 
 
@@ -295,11 +307,11 @@ class ModelClippingBound:
 
 @entry_point
 def model_clipping_bound(sigma, eps, T, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
-                         noise_after_projection=True) -> ModelClippingBound:
+                         noise_after_projection=True, shift_slack=0.0) -> ModelClippingBound:
     """delta_T of the exact recursion with its trajectory (see :func:`model_clipping_delta`)."""
     eps_m = check_epsilon(eps)
     sigma, T, C0, C2, sigma0, extra = _validate(sigma, T, C0, C2, sigma0, C1, gamma, lam,
-                                                noise_after_projection)
+                                                noise_after_projection, shift_slack=shift_slack)
     with mp.workdps(30):
         s = _setting(eps_m, sigma, C0, C2, sigma0, extra)
     # the float trajectory decides where to stop (below the float range nothing changes)
@@ -313,7 +325,7 @@ def model_clipping_bound(sigma, eps, T, C0, C2, *, sigma0=0.0, C1=None, gamma=No
 
 @entry_point
 def model_clipping_delta(sigma, eps, T, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
-                         noise_after_projection=True):
+                         noise_after_projection=True, shift_slack=0.0):
     """delta of T projected noisy steps at a given eps (exact recursion), rounded UP.
 
     ``delta_0 = theta_eps(2 C0/sigma0)`` (1 if sigma0 = 0) and
@@ -325,7 +337,8 @@ def model_clipping_delta(sigma, eps, T, C0, C2, *, sigma0=0.0, C1=None, gamma=No
     True
     """
     return model_clipping_bound(sigma, eps, T, C0, C2, sigma0=sigma0, C1=C1, gamma=gamma, lam=lam,
-                                noise_after_projection=noise_after_projection).delta
+                                noise_after_projection=noise_after_projection,
+                                shift_slack=shift_slack).delta
 
 
 def _solve_decreasing(g, lo, hi, rel=1e-13):
@@ -361,7 +374,7 @@ def _solve_decreasing(g, lo, hi, rel=1e-13):
 
 @entry_point
 def model_clipping_sigma(eps, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
-                         noise_after_projection=True, as_mpf=False):
+                         noise_after_projection=True, as_mpf=False, shift_slack=0.0):
     """Smallest noise std sigma whose exact recursion gives delta_T <= delta at eps, rounded UP.
 
     Illinois root finding on ln sigma with the float64 recursion proposes a candidate; the
@@ -381,7 +394,8 @@ def model_clipping_sigma(eps, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamma=No
     eps_m = check_epsilon(eps)
     delta_m = check_delta(delta)
     _, T, C0, C2, sigma0, extra = _validate(None, T, C0, C2, sigma0, C1, gamma, lam,
-                                            noise_after_projection, sigma_known=False)
+                                            noise_after_projection, sigma_known=False,
+                                            shift_slack=shift_slack)
     with mp.workdps(working_digits()):
         log_target = mp.log(delta_m)
     log_target_f = float(log_target)
@@ -471,7 +485,7 @@ def _certified_bisection(ok, lo: float, hi: float) -> float:
 
 @entry_point
 def model_clipping_epsilon(sigma, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
-                           noise_after_projection=True, as_mpf=False):
+                           noise_after_projection=True, as_mpf=False, shift_slack=0.0):
     """Smallest eps with delta_T(eps) <= delta for the exact recursion, rounded UP.
 
     delta_T decreases in eps; bisection in float64, then certification in mpmath (nudged up until
@@ -482,7 +496,7 @@ def model_clipping_epsilon(sigma, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamm
     """
     delta_m = check_delta(delta)
     sigma, T, C0, C2, sigma0, extra = _validate(sigma, T, C0, C2, sigma0, C1, gamma, lam,
-                                                noise_after_projection)
+                                                noise_after_projection, shift_slack=shift_slack)
     with mp.workdps(working_digits()):
         log_target = mp.log(delta_m)
     log_target_f = float(log_target)
@@ -519,7 +533,8 @@ def model_clipping_epsilon(sigma, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamm
 
 @entry_point
 def model_clipping_steps(sigma, eps, delta, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
-                         noise_after_projection=True, max_steps: int = 10**7) -> int:
+                         noise_after_projection=True, max_steps: int = 10**7,
+                         shift_slack=0.0) -> int:
     """Fewest steps T with delta_T <= delta at eps (exact recursion).
 
     The float recursion proposes T; the mpmath recursion certifies it (T is increased until it
@@ -535,7 +550,8 @@ def model_clipping_steps(sigma, eps, delta, C0, C2, *, sigma0=0.0, C1=None, gamm
     eps_m = check_epsilon(eps)
     delta_m = check_delta(delta)
     sigma, _, C0, C2, sigma0, extra = _validate(sigma, None, C0, C2, sigma0, C1, gamma, lam,
-                                                noise_after_projection, T_required=False)
+                                                noise_after_projection, T_required=False,
+                                                shift_slack=shift_slack)
     max_steps = check_int("max_steps", max_steps, low=1)
     with mp.workdps(working_digits()):
         log_target = mp.log(delta_m)
