@@ -42,12 +42,11 @@ Rounding: rho_PABI is rounded up (Z up, S down), a calibrated sigma up, a step c
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from mpmath import mp, mpf
 
-from ._numerics import (check_int, entry_point, check_nonnegative, check_positive, finish, rigorous,
-                        to_float, working_digits)
+from ._numerics import (check_int, check_nonnegative, check_positive, entry_point, finish,
+                        is_sequence, rigorous, to_float, working_digits)
 from .errors import InvalidParameterError, UnreachableTargetError
 
 __all__ = ["PabiBound", "pabi_bound", "pabi_rho", "pabi_sigma", "pabi_steps", "shift_path"]
@@ -57,21 +56,9 @@ __all__ = ["PabiBound", "pabi_bound", "pabi_rho", "pabi_sigma", "pabi_steps", "s
 # Schedules
 # ----------------------------------------------------------------------------------------------
 
-def _is_sequence(value) -> bool:
-    if isinstance(value, (str, bytes)) or isinstance(value, mpf):
-        return False
-    if isinstance(value, numbers.Real):
-        return False
-    try:
-        len(value)
-    except TypeError:
-        return False
-    return True
-
-
 def _param(name: str, value, T: int, check):
     """A scalar (validated mpf) or a length-T list of validated mpf; constant lists collapse."""
-    if _is_sequence(value):
+    if is_sequence(value):
         items = list(value)
         if len(items) != T:
             raise InvalidParameterError(
@@ -449,7 +436,7 @@ def pabi_steps(rho_max, sigma, C0, C1, gamma, lam=0.0, *, sigma0=0.0, max_steps:
     rho_max = check_positive("rho_max", rho_max)
     sigma = check_positive("sigma", sigma)
     for name, v in (("C1", C1), ("gamma", gamma), ("lam", lam)):
-        if _is_sequence(v):
+        if is_sequence(v):
             raise InvalidParameterError(f"{name} must be a scalar when solving for the number of "
                                         f"steps, got a sequence")
     sch = _schedule(sigma, max_steps, C0, C1, gamma, lam, sigma0, shift_slack=shift_slack)

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import math
 
-from ._numerics import check_delta, check_nonnegative, entry_point, check_epsilon, check_positive, finish, to_float
+from ._numerics import (check_delta, check_epsilon, check_nonnegative, check_positive,
+                        entry_point, finish, to_float)
 from .amplification import pabi_rho, pabi_sigma, pabi_steps
 from .divergences import (classical_gaussian_sigma, gaussian_delta, gaussian_epsilon,
                           gaussian_sigma)

@@ -26,8 +26,8 @@ from typing import Any, Mapping
 
 from mpmath import mpf
 
-from ._numerics import check_delta, entry_point, check_epsilon, to_float
-from .amplification import _is_sequence, pabi_bound
+from ._numerics import check_delta, check_epsilon, entry_point, is_sequence, to_float
+from .amplification import pabi_bound
 from .calibration import METHODS, epsilon_for
 from .dpsgd import dpsgd_bound
 from .errors import InvalidParameterError
@@ -58,7 +58,7 @@ def _plain(value):
         return float(value)
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or _is_sequence(value):
+    if isinstance(value, (list, tuple)) or is_sequence(value):
         return [_plain(v) for v in value]
     raise InvalidParameterError(f"cannot record a value of type {type(value).__name__} "
                                 f"in a certificate: {value!r}")
@@ -267,7 +267,7 @@ def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradie
                       "Z": to_float(bound.Z, "up"), "S": to_float(bound.S, "down"),
                       "alpha": alpha, "conversion": conversion,
                       "bound": "D_alpha <= alpha * rho_pabi, rho_pabi = Z^2/(2 S) at the horizon"}
-        sigma_value = sigma if _is_sequence(sigma) else float(sigma)
+        sigma_value = sigma if is_sequence(sigma) else float(sigma)
     elif method == "model_clipping":
         certified = model_clipping_epsilon(sigma, delta, T, C0, C2, sigma0=sigma0, C1=C1,
                                            gamma=gamma, lam=lam,
@@ -294,7 +294,7 @@ def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradie
         sigma_value = float(sigma)
     if shift_slack:
         params.update(shift_slack=shift_slack)
-    if _is_sequence(sigma_value):
+    if is_sequence(sigma_value):
         raise InvalidParameterError("a certificate records one constant sigma; got a sequence "
                                     "(record the schedule in the training log instead)")
     if eps is None:

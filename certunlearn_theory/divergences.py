@@ -31,6 +31,7 @@ from mpmath import mp, mpf
 
 from ._numerics import (
     GUARD_DIGITS,
+    bracketed_newton,
     entry_point,
     check_delta,
     check_epsilon,
@@ -328,47 +329,6 @@ def _log_phi_m(eps: mpf, r: mpf) -> mpf:
 
 
 # ----------------------------------------------------------------------------------------------
-# A bracketed Newton solver (used in log space by every inversion)
-# ----------------------------------------------------------------------------------------------
-
-def _bracketed_newton(f, lo: mpf, hi: mpf, start: mpf, tol: mpf, max_iter: int = 400) -> mpf:
-    """Root of ``f`` (returning ``(value, slope)``) with ``f(lo) < 0 < f(hi)`` or the reverse.
-
-    Newton steps that leave the bracket are replaced by bisection. Returns the last iterate;
-    callers move it to the safe side and verify, so the solver itself need not be exact.
-    """
-    f_lo = f(lo)[0]
-    negative_end, positive_end = (lo, hi) if f_lo <= 0 else (hi, lo)
-    x = start if lo < start < hi else (lo + hi) / 2
-    for _ in range(max_iter):
-        value, slope = f(x)
-        if value == 0:
-            return x
-        if value < 0:
-            negative_end = x
-        else:
-            positive_end = x
-        low, high = min(negative_end, positive_end), max(negative_end, positive_end)
-        step = -value / slope if slope != 0 and mp.isfinite(slope) else None
-        if step is not None and abs(step) <= tol * (1 + abs(x)):
-            # A negligible step means convergence only if f changes sign just past it: where
-            # f's terms cancel (|f| ~ 1e300 from two nearly equal logarithms) the slope is noise
-            # and the step is tiny far from the root. Otherwise keep bisecting.
-            probe = x + 2 * step + mp.sign(step) * tol * (1 + abs(x))
-            probe_value = f(probe)[0]
-            if probe_value == 0 or (probe_value < 0) != (value < 0):
-                return x + step  # converged (the bracket may be far on one side)
-            step = None
-        candidate = x + step if step is not None else None
-        if candidate is None or not low < candidate < high:
-            candidate = (low + high) / 2
-        if abs(candidate - x) <= tol * (1 + abs(x)) or high - low <= tol * (1 + abs(x)):
-            return candidate
-        x = candidate
-    return x
-
-
-# ----------------------------------------------------------------------------------------------
 # Guarantees of the Gaussian mechanism
 # ----------------------------------------------------------------------------------------------
 
@@ -433,7 +393,7 @@ def _solve_log_r(eps: mpf, log_delta: mpf) -> mpf:
             step *= 2
             hi = u + step
     tol = mpf(10) ** (-(mp.dps - 12))
-    return _bracketed_newton(f, lo, hi, u, tol)
+    return bracketed_newton(f, lo, hi, u, tol)
 
 
 def _max_noise_ratio_mpf(eps: mpf, delta: mpf) -> mpf:
@@ -531,7 +491,7 @@ def _solve_epsilon(r: mpf, log_delta: mpf) -> mpf:
         lo = hi
         hi *= 2
     tol = mpf(10) ** (-(mp.dps - 12))
-    return _bracketed_newton(f, lo, hi, guess, tol)
+    return bracketed_newton(f, lo, hi, guess, tol)
 
 
 @entry_point
@@ -615,11 +575,15 @@ def gaussian_renyi(alpha, sensitivity, sigma, *, as_mpf: bool = False):
     alpha = check_real("alpha", alpha, low=1, low_open=True)
     sensitivity = check_nonnegative("sensitivity", sensitivity)
     sigma = check_positive("sigma", sigma)
-    return finish(_renyi_coefficient_up(sensitivity, sigma, alpha), "up", as_mpf)
+    return finish(renyi_coefficient_up(sensitivity, sigma, alpha), "up", as_mpf)
 
 
-def _renyi_coefficient_up(sensitivity: mpf, sigma: mpf, alpha: mpf = mpf(1)) -> mpf:
-    """alpha * sensitivity^2 / (2 sigma^2) with exact products and one division rounded up."""
+def renyi_coefficient_up(sensitivity: mpf, sigma: mpf, alpha: mpf = mpf(1)) -> mpf:
+    """alpha * sensitivity^2 / (2 sigma^2) with exact products and one division rounded up.
+
+    Shared with :class:`certunlearn_theory.RenyiCurve` (the Gaussian curve's coefficient);
+    not exported from the package (arguments must already be validated ``mpf``).
+    """
     numerator = mp.fmul(alpha, mp.fmul(sensitivity, sensitivity, exact=True), exact=True)
     denominator = mp.fmul(2, mp.fmul(sigma, sigma, exact=True), exact=True)
     bits = int((working_digits() + GUARD_DIGITS) * 3.33) + 8

@@ -37,10 +37,9 @@ import math
 from dataclasses import dataclass
 
 from mpmath import mp, mpf
-from scipy.special import erfcx, log_ndtr, ndtr
 
-from ._numerics import (check_delta, check_epsilon, check_int, entry_point, check_nonnegative,
-                        check_positive, finish, log_float_up, rigorous, to_float, working_digits)
+from ._numerics import (check_delta, check_epsilon, check_int, check_nonnegative, check_positive,
+                        entry_point, finish, log_float_up, rigorous, to_float, working_digits)
 from .divergences import raw_log_theta
 from .errors import InvalidParameterError, PrecisionError, UnreachableTargetError
 from .formatting import format_up
@@ -143,6 +142,8 @@ _SQRT_HALF = math.sqrt(0.5)
 
 
 def _log_theta_float(eps: float, r: float) -> float:
+    """ln theta in float64 (search only; scipy is imported on first use)."""
+    from scipy.special import erfcx, log_ndtr, ndtr
     if r == math.inf:
         return 0.0
     if r == 0 or eps == math.inf:

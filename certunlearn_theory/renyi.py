@@ -24,6 +24,7 @@ from mpmath import mp, mpf
 
 from ._numerics import (
     GUARD_DIGITS,
+    bracketed_newton,
     check_delta,
     check_epsilon,
     check_int,
@@ -36,7 +37,7 @@ from ._numerics import (
     widen,
     working_digits,
 )
-from .divergences import _bracketed_newton, _renyi_coefficient_up
+from .divergences import renyi_coefficient_up
 from .errors import InvalidParameterError
 
 __all__ = ["RenyiCurve", "renyi_to_dp", "renyi_to_delta", "linear_rho_max"]
@@ -120,7 +121,7 @@ class RenyiCurve:
         Proposition 7); the coefficient is rounded up."""
         sensitivity = check_nonnegative("sensitivity", sensitivity)
         sigma = check_positive("sigma", sigma)
-        return cls(_rho=_renyi_coefficient_up(sensitivity, sigma))
+        return cls(_rho=renyi_coefficient_up(sensitivity, sigma))
 
     @classmethod
     @entry_point
@@ -326,7 +327,7 @@ def _linear_dp_order(rho: mpf, log_inv_delta: mpf, conversion: str) -> mpf:
     lo, hi = mp.log(u_low), mp.log(u_high)
     if hi <= lo:
         return _order_from_gap(u_low)
-    v = _bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 12)))
+    v = bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 12)))
     return _order_from_gap(mp.exp(v))
 
 
@@ -344,7 +345,7 @@ def _linear_delta_order(rho: mpf, eps: mpf, conversion: str):
 
     start = mp.log((eps + 1) / (2 * rho))
     lo, hi = _expanding_bracket(g, start, increasing=True)
-    v = _bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 12)))
+    v = bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 12)))
     return _order_from_gap(mp.exp(v))
 
 
@@ -555,7 +556,7 @@ def _improved_rho_max(eps: mpf, log_inv_delta: mpf) -> mpf:
     else:
         lo, hi = _expanding_bracket(g, start, increasing=False)
         hi = min(hi, v_top)
-    v = _bracketed_newton(g, lo, hi, start, mpf(10) ** (-(mp.dps // 2)))
+    v = bracketed_newton(g, lo, hi, start, mpf(10) ** (-(mp.dps // 2)))
     # one exact Newton polish is unnecessary: rho is stationary in alpha at the optimum
     u = mp.exp(v)
     alpha = _order_from_gap(u)
