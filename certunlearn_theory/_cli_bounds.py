@@ -60,6 +60,9 @@ def _add_common(p: argparse.ArgumentParser, *, eps=False, delta=False, sigma=Fal
                    help="model_clipping variant: gradient clipping, noise added before projecting")
     p.add_argument("--conversion", choices=("improved", "mironov"), default="improved",
                    help="Renyi-to-DP conversion for gradient clipping")
+    p.add_argument("--shift-slack", type=_number, default=0.0,
+                   help="extra mean distance per step, e.g. the float32 rounding bound of one "
+                        "step (THEORY.md section 8.1; default 0)")
     p.add_argument("--digits", type=_integer, default=None,
                    help="working precision in significant digits (default 50)")
     p.add_argument("--json", action="store_true", help="print the certificate as JSON")
@@ -68,7 +71,7 @@ def _add_common(p: argparse.ArgumentParser, *, eps=False, delta=False, sigma=Fal
 def _kw(args):
     return dict(method=args.method, C2=args.C2, sigma0=args.sigma0,
                 noise_after_projection=not args.noise_before_projection,
-                conversion=args.conversion)
+                conversion=args.conversion, shift_slack=args.shift_slack)
 
 
 def _need_T(args):

@@ -106,3 +106,18 @@ def test_console_script_imports_no_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "sigma = " in res.stdout
+
+
+def test_shift_slack_option(capsys):
+    code, out, _ = run(capsys, ["epsilon-for", "--sigma", "1.7", "--delta", "1e-5", "--T", "100",
+                                "--shift-slack", "0.001", *GC])
+    assert code == 0
+    expected = epsilon_for(1.7, 1e-5, 100, 1.0, 1.0, 0.01, shift_slack=0.001)
+    assert expected > epsilon_for(1.7, 1e-5, 100, 1.0, 1.0, 0.01)
+    assert printed(out, "eps") == format_up(expected, None)
+    code, out, _ = run(capsys, ["noise-for", "--eps", "1", "--delta", "1e-5", "--T", "100",
+                                "--shift-slack", "0.001", "--json", *GC])
+    assert code == 0
+    cert = Certificate.from_json(out)
+    assert cert.parameters["shift_slack"] == 0.001
+    cert.verify()
