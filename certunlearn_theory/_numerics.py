@@ -298,6 +298,7 @@ def bracketed_newton(f, lo: mpf, hi: mpf, start: mpf, tol: mpf, max_iter: int = 
             # f's terms cancel (|f| ~ 1e300 from two nearly equal logarithms) the slope is noise
             # and the step is tiny far from the root. Otherwise keep bisecting.
             probe = x + 2 * step + mp.sign(step) * tol * (1 + abs(x))
+            probe = min(max(probe, low), high)  # never outside the bracket (e.g. eps < 0)
             probe_value = f(probe)[0]
             if probe_value == 0 or (probe_value < 0) != (value < 0):
                 return x + step  # converged (the bracket may be far on one side)

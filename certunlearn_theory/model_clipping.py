@@ -165,8 +165,10 @@ def _log_theta_float(eps: float, r: float) -> float:
     diff = _SQRT_HALF_PI * (erfcx(m / math.sqrt(2)) - erfcx((m + r) / math.sqrt(2)))
     if diff > 0 and math.isfinite(diff):
         log_diff = math.log(diff)
-    else:  # cancelled or overflowed: R(m) - R(m + r) ~ r / (m (m + r)) for large m
+    elif m > 0:  # cancelled or overflowed: R(m) - R(m + r) ~ r / (m (m + r)) for large m
         log_diff = math.log(r) - math.log(m) - math.log(m + r)
+    else:  # theta <= Phi(-m): an upper bound is good enough for a search
+        return la
     return -m * m / 2 - 0.5 * math.log(2 * math.pi) + log_diff
 
 

@@ -114,3 +114,16 @@ def test_output_perturbation_extremes(sigma, C0, eps, delta):
     s = outcome(lambda: ct.noise_for(eps, delta, None, C0, None, None, **kw))
     if s is not None and 0 < s < math.inf:
         assert ct.delta_for(s, eps, None, C0, None, None, **kw) <= delta
+
+
+def test_extreme_regressions():
+    # found by the thorough profile: the float search took ln of a negative m (sigma = 1e16),
+    # and the Newton probe of gaussian_epsilon stepped below eps = 0 (mpmath returned a complex
+    # logarithm) at r = 2e-59
+    mc = dict(method="model_clipping", C2=1.0)
+    eps = ct.epsilon_for(1e16, 1e-17, 1, 1.0, None, None, **mc)
+    assert 0 < eps < 1e-15 and ct.delta_for(1e16, eps, 1, 1.0, None, None, **mc) <= 1e-17
+    op = dict(method="output_perturbation")
+    eps = ct.epsilon_for(1e59, 1e-60, None, 1.0, None, None, **op)
+    assert 0 < eps < 1e-58 and ct.gaussian_delta(eps, 2.0, 1e59) <= 1e-60
+    assert ct.steps_for(1e59, 1.0, 1e-60, 1.0, None, None, **op) == 0
