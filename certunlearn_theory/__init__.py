@@ -6,6 +6,7 @@ which side that is. The mathematical specification is in docs/ and in the module
 """
 from ._numerics import DEFAULT_DIGITS, precision, working_digits
 from .errors import InvalidParameterError, PrecisionError, UnreachableTargetError
+from .formatting import format_down, format_up
 from .divergences import *  # noqa: F401,F403
 from .renyi import *  # noqa: F401,F403
 from .amplification import *  # noqa: F401,F403

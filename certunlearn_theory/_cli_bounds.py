@@ -2,7 +2,9 @@
 
 They take the same parameter names as the Python API (``--eps --delta --T --C0 --C1 --gamma
 --lam --method --C2 --sigma0 --sigma``), print the result, and with ``--json`` print the full
-certificate instead. No torch is imported.
+certificate instead. Numbers are printed on the safe side (:func:`certunlearn_theory.format_up`
+with ``digits=None``: the shortest decimal >= the float that reads back as it). No torch is
+imported.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from ._numerics import precision
 from .calibration import METHODS, delta_for, epsilon_for, noise_for, steps_for
 from .certificate import issue_certificate
 from .errors import InvalidParameterError
+from .formatting import format_up
 
 
 def _number(text: str) -> float:
@@ -57,6 +60,9 @@ def _add_common(p: argparse.ArgumentParser, *, eps=False, delta=False, sigma=Fal
                    help="model_clipping variant: gradient clipping, noise added before projecting")
     p.add_argument("--conversion", choices=("improved", "mironov"), default="improved",
                    help="Renyi-to-DP conversion for gradient clipping")
+    p.add_argument("--shift-slack", type=_number, default=0.0,
+                   help="extra mean distance per step, e.g. the float32 rounding bound of one "
+                        "step (THEORY.md section 8.1; default 0)")
     p.add_argument("--digits", type=_integer, default=None,
                    help="working precision in significant digits (default 50)")
     p.add_argument("--json", action="store_true", help="print the certificate as JSON")
@@ -65,7 +71,7 @@ def _add_common(p: argparse.ArgumentParser, *, eps=False, delta=False, sigma=Fal
 def _kw(args):
     return dict(method=args.method, C2=args.C2, sigma0=args.sigma0,
                 noise_after_projection=not args.noise_before_projection,
-                conversion=args.conversion)
+                conversion=args.conversion, shift_slack=args.shift_slack)
 
 
 def _need_T(args):
@@ -102,8 +108,8 @@ def _noise_for(args) -> int:
         if args.json:
             print(_certificate(args, sigma, args.T, eps=args.eps).to_json())
         else:
-            print(f"sigma = {sigma!r}  ({_describe(args, args.T)}, eps={args.eps}, "
-                  f"delta={args.delta}; rounded up)")
+            print(f"sigma = {format_up(sigma, None)}  ({_describe(args, args.T)}, "
+                  f"eps={args.eps}, delta={args.delta}; rounded up)")
         return 0
     return _run(args, body)
 
@@ -116,8 +122,8 @@ def _epsilon_for(args) -> int:
         if args.json:
             print(_certificate(args, args.sigma, args.T, eps=eps).to_json())
         else:
-            print(f"eps = {eps!r}  ({_describe(args, args.T)}, sigma={args.sigma}, "
-                  f"delta={args.delta}; rounded up)")
+            print(f"eps = {format_up(eps, None)}  ({_describe(args, args.T)}, "
+                  f"sigma={args.sigma}, delta={args.delta}; rounded up)")
         return 0
     return _run(args, body)
 
@@ -133,8 +139,8 @@ def _delta_for(args) -> int:
                                             f"outside (0, 1)")
             print(_certificate(args, args.sigma, args.T, eps=args.eps, delta=delta).to_json())
         else:
-            print(f"delta = {delta!r}  ({_describe(args, args.T)}, sigma={args.sigma}, "
-                  f"eps={args.eps}; rounded up)")
+            print(f"delta = {format_up(delta, None)}  ({_describe(args, args.T)}, "
+                  f"sigma={args.sigma}, eps={args.eps}; rounded up)")
         return 0
     return _run(args, body)
 

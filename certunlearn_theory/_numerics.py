@@ -14,6 +14,7 @@ Conventions (THEORY.md section 8):
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from contextlib import contextmanager
@@ -64,6 +65,27 @@ def precision(digits: int) -> Iterator[int]:
         yield int(digits)
     finally:
         _digits.reset(token)
+
+
+def entry_point(function):
+    """Run ``function`` in the accountant's own mpmath context, whatever the caller's.
+
+    Every public function and method of the accountant is wrapped with this decorator: it enters
+    ``mp.workdps(working_digits())`` before anything is converted or computed, so inputs become
+    ``mpf`` at the accountant's precision and every step that reads ``mp.dps`` sees the
+    accountant's value, not the ``mp.dps``/``mp.prec`` the caller happens to have set (at
+    ``mp.dps = 4`` a float input used to be rounded to 16 bits). mpmath restores the caller's
+    precision on exit, also when an exception leaves the function. Calls between accountant
+    functions re-enter the same context (cheap). Wrapped functions carry
+    ``__accountant_entry_point__ = True`` (tested for the whole public API).
+    """
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with mp.workdps(_digits.get()):
+            return function(*args, **kwargs)
+
+    wrapper.__accountant_entry_point__ = True
+    return wrapper
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,6 +166,19 @@ def check_positive(name: str, value, *, allow_inf: bool = False) -> mpf:
 def check_nonnegative(name: str, value, *, allow_inf: bool = False) -> mpf:
     """A finite real >= 0."""
     return check_real(name, value, low=0, allow_inf=allow_inf)
+
+
+def is_sequence(value) -> bool:
+    """True for a per-step schedule (list, tuple, array), False for a scalar, a string or an mpf."""
+    if isinstance(value, (str, bytes)) or isinstance(value, mpf):
+        return False
+    if isinstance(value, numbers.Real):
+        return False
+    try:
+        len(value)
+    except TypeError:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,3 +265,48 @@ def log_float_up(log_value: mpf) -> float:
         if log_value < -800:  # far below the float range
             return SMALLEST_POSITIVE_FLOAT
         return to_float(mp.exp(log_value), "up")
+
+
+# ----------------------------------------------------------------------------------------------
+# A bracketed Newton solver (used in log space by every inversion)
+# ----------------------------------------------------------------------------------------------
+
+def bracketed_newton(f, lo: mpf, hi: mpf, start: mpf, tol: mpf, max_iter: int = 400) -> mpf:
+    """Root of ``f`` (returning ``(value, slope)``) with ``f(lo) < 0 < f(hi)`` or the reverse.
+
+    The one-dimensional solver of the accountant (the Gaussian inversions in divergences.py, the
+    optimal Renyi orders in renyi.py), at the current mp.dps.
+
+    Newton steps that leave the bracket are replaced by bisection. Returns the last iterate;
+    callers move it to the safe side and verify, so the solver itself need not be exact.
+    """
+    f_lo = f(lo)[0]
+    negative_end, positive_end = (lo, hi) if f_lo <= 0 else (hi, lo)
+    x = start if lo < start < hi else (lo + hi) / 2
+    for _ in range(max_iter):
+        value, slope = f(x)
+        if value == 0:
+            return x
+        if value < 0:
+            negative_end = x
+        else:
+            positive_end = x
+        low, high = min(negative_end, positive_end), max(negative_end, positive_end)
+        step = -value / slope if slope != 0 and mp.isfinite(slope) else None
+        if step is not None and abs(step) <= tol * (1 + abs(x)):
+            # A negligible step means convergence only if f changes sign just past it: where
+            # f's terms cancel (|f| ~ 1e300 from two nearly equal logarithms) the slope is noise
+            # and the step is tiny far from the root. Otherwise keep bisecting.
+            probe = x + 2 * step + mp.sign(step) * tol * (1 + abs(x))
+            probe = min(max(probe, low), high)  # never outside the bracket (e.g. eps < 0)
+            probe_value = f(probe)[0]
+            if probe_value == 0 or (probe_value < 0) != (value < 0):
+                return x + step  # converged (the bracket may be far on one side)
+            step = None
+        candidate = x + step if step is not None else None
+        if candidate is None or not low < candidate < high:
+            candidate = (low + high) / 2
+        if abs(candidate - x) <= tol * (1 + abs(x)) or high - low <= tol * (1 + abs(x)):
+            return candidate
+        x = candidate
+    return x

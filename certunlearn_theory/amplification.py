@@ -42,12 +42,11 @@ Rounding: rho_PABI is rounded up (Z up, S down), a calibrated sigma up, a step c
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from mpmath import mp, mpf
 
-from ._numerics import (check_int, check_nonnegative, check_positive, finish, rigorous,
-                        to_float, working_digits)
+from ._numerics import (check_int, check_nonnegative, check_positive, entry_point, finish,
+                        is_sequence, rigorous, to_float, working_digits)
 from .errors import InvalidParameterError, UnreachableTargetError
 
 __all__ = ["PabiBound", "pabi_bound", "pabi_rho", "pabi_sigma", "pabi_steps", "shift_path"]
@@ -57,21 +56,9 @@ __all__ = ["PabiBound", "pabi_bound", "pabi_rho", "pabi_sigma", "pabi_steps", "s
 # Schedules
 # ----------------------------------------------------------------------------------------------
 
-def _is_sequence(value) -> bool:
-    if isinstance(value, (str, bytes)) or isinstance(value, mpf):
-        return False
-    if isinstance(value, numbers.Real):
-        return False
-    try:
-        len(value)
-    except TypeError:
-        return False
-    return True
-
-
 def _param(name: str, value, T: int, check):
     """A scalar (validated mpf) or a length-T list of validated mpf; constant lists collapse."""
-    if _is_sequence(value):
+    if is_sequence(value):
         items = list(value)
         if len(items) != T:
             raise InvalidParameterError(
@@ -103,6 +90,11 @@ class _Schedule:
     lam: object
     sigma: object
     sigma0: mpf
+    slack: mpf = mpf(0)  # extra additive shift per step (and on the start), e.g. float rounding
+
+    def shift(self, t: int) -> mpf:
+        """s_t = 2 gamma_t C1_t + slack."""
+        return 2 * self.at("gamma", t) * self.at("C1", t) + self.slack
 
     @property
     def constant(self) -> bool:
@@ -113,8 +105,10 @@ class _Schedule:
         return v[t] if isinstance(v, list) else v
 
 
-def _schedule(sigma, T, C0, C1, gamma, lam, sigma0, *, sigma_required=True) -> _Schedule:
+def _schedule(sigma, T, C0, C1, gamma, lam, sigma0, *, sigma_required=True,
+              shift_slack=0.0) -> _Schedule:
     T = check_int("T", T, low=1)
+    slack = check_nonnegative("shift_slack", shift_slack)
     C0 = check_positive("C0", C0)
     if C1 is None:
         raise InvalidParameterError("C1 (the gradient clipping radius) is required for "
@@ -135,7 +129,7 @@ def _schedule(sigma, T, C0, C1, gamma, lam, sigma0, *, sigma_required=True) -> _
             raise InvalidParameterError(
                 f"gamma*lam must be <= 1 (the weight-decay step must not flip the sign of the "
                 f"parameters){where}, got gamma={mp.nstr(g, 17)}, lam={mp.nstr(lm, 17)}")
-    return _Schedule(T, C0, C1, gamma, lam, sigma, sigma0)
+    return _Schedule(T, C0, C1, gamma, lam, sigma, sigma0, slack)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,13 +138,13 @@ def _schedule(sigma, T, C0, C1, gamma, lam, sigma0, *, sigma_required=True) -> _
 
 def _loop_values(sch: _Schedule, upto: int, unit_sigma: bool = False):
     """Yield (tau, Z_tau, S_tau) for tau = 0..upto by the recursion, at the current precision."""
-    Z = 2 * sch.C0
+    Z = 2 * sch.C0 + sch.slack
     S = mpf(0) if unit_sigma else sch.sigma0 ** 2
     yield 0, Z, S
     for t in range(upto):
         g = sch.at("gamma", t)
         q = abs(1 - g * sch.at("lam", t))
-        Z = q * Z + 2 * g * sch.at("C1", t)
+        Z = q * Z + sch.shift(t)
         sig2 = mpf(1) if unit_sigma else sch.at("sigma", t) ** 2
         S = q * q * S + sig2
         yield t + 1, Z, S
@@ -171,7 +165,8 @@ def _argmin_loop(sch: _Schedule, unit_sigma: bool) -> int:
     start = 0 if (sch.sigma0 > 0 and not unit_sigma) else 1
     try:
         best_tau, best = start, math.inf
-        Z = 2.0 * float(sch.C0)
+        Z = 2.0 * float(sch.C0) + float(sch.slack)
+        slack = float(sch.slack)
         S = 0.0 if unit_sigma else float(sch.sigma0) ** 2
         if start == 0:
             best = Z * Z / S
@@ -186,7 +181,7 @@ def _argmin_loop(sch: _Schedule, unit_sigma: bool) -> int:
         for t in range(sch.T):
             g = at("gamma", t)
             q = abs(1 - g * at("lam", t))
-            Z = q * Z + 2 * g * at("C1", t)
+            Z = q * Z + 2 * g * at("C1", t) + slack
             S = q * q * S + (1.0 if unit_sigma else at("sigma", t) ** 2)
             f = Z * Z / S if S > 0 else math.inf
             if f < best:
@@ -208,8 +203,8 @@ def _argmin_loop(sch: _Schedule, unit_sigma: bool) -> int:
 
 def _const_ZS(sch: _Schedule, tau: int, unit_sigma: bool = False):
     """Closed-form Z_tau, S_tau for a constant schedule, at the current precision."""
-    a = 2 * sch.C0
-    s = 2 * sch.gamma * sch.C1
+    a = 2 * sch.C0 + sch.slack
+    s = 2 * sch.gamma * sch.C1 + sch.slack
     gl = sch.gamma * sch.lam
     sig2 = mpf(1) if unit_sigma else sch.sigma ** 2
     s02 = mpf(0) if unit_sigma else sch.sigma0 ** 2
@@ -234,13 +229,15 @@ def _const_candidates(sch: _Schedule, unit_sigma: bool) -> list[int]:
     start = 0 if (sch.sigma0 > 0 and not unit_sigma) else 1
     cands = {start, T}
     with mp.workdps(working_digits()):
-        a = 2 * sch.C0
-        s = 2 * sch.gamma * sch.C1
+        a = 2 * sch.C0 + sch.slack
+        s = 2 * sch.gamma * sch.C1 + sch.slack
         gl = sch.gamma * sch.lam
         sig2 = mpf(1) if unit_sigma else sch.sigma ** 2
         s02 = mpf(0) if unit_sigma else sch.sigma0 ** 2
         crit = None
-        if gl == 0:
+        if sig2 == 0:  # sigma = 0 (initial noise only): Z/sqrt(S) grows with tau, tau = 0 is best
+            pass
+        elif gl == 0:
             if s > 0:
                 crit = a / s - 2 * s02 / sig2  # root of d/dtau ln((a + s tau)^2 / (s02 + sig2 tau))
         elif gl < 1 and s > 0:
@@ -302,7 +299,9 @@ def _ZS_at(sch: _Schedule, tau: int, unit_sigma: bool = False):
     raise AssertionError("unreachable")
 
 
-def pabi_bound(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = False) -> PabiBound:
+@entry_point
+def pabi_bound(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0,
+                shift_slack=0.0, as_mpf: bool = False) -> PabiBound:
     """Renyi bound of noisy gradient-clipped fine-tuning by amplification by iteration.
 
     ``D_alpha(x_T || x_T') <= alpha * rho`` for every alpha > 1, both directions, with
@@ -321,6 +320,10 @@ def pabi_bound(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = F
         gamma: learning rate (scalar or sequence).
         lam: L2 regularisation (weight decay) coefficient (scalar or sequence), gamma*lam <= 1.
         sigma0: std of the optional Gaussian noise added to the clipped model before step 0.
+        shift_slack: extra additive shift (>= 0) per step and on the start diameter, covering
+            what the exact model leaves out, e.g. the float32 rounding of each step (THEORY.md
+            section 8, "Finite precision"): s_t = 2 gamma_t C1_t + shift_slack,
+            Z_0 = 2 C0 + shift_slack.
         as_mpf: return mpf values instead of safely rounded floats.
 
     Returns:
@@ -330,7 +333,7 @@ def pabi_bound(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = F
     >>> b.horizon, round(b.rho, 6)
     (100, 0.08)
     """
-    sch = _schedule(sigma, T, C0, C1, gamma, lam, sigma0)
+    sch = _schedule(sigma, T, C0, C1, gamma, lam, sigma0, shift_slack=shift_slack)
     tau = _best_horizon(sch, unit_sigma=False)
     rho = rigorous(lambda: _ratio(*_ZS_at(sch, tau)) / 2, "up", what="rho_PABI")
     Z = rigorous(lambda: _ZS_at(sch, tau)[0], "up", what="Z_tau")
@@ -339,19 +342,23 @@ def pabi_bound(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = F
                      Z=finish(Z, "up", as_mpf), S=finish(S, "down", as_mpf))
 
 
-def pabi_rho(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = False):
+@entry_point
+def pabi_rho(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0,
+              shift_slack=0.0, as_mpf: bool = False):
     """rho_PABI of :func:`pabi_bound` alone (``D_alpha <= alpha * rho``), rounded up.
 
     >>> round(pabi_rho(0.5, 10, C0=1.0, C1=1.0, gamma=0.1), 6)
     3.2
     """
-    sch = _schedule(sigma, T, C0, C1, gamma, lam, sigma0)
+    sch = _schedule(sigma, T, C0, C1, gamma, lam, sigma0, shift_slack=shift_slack)
     tau = _best_horizon(sch, unit_sigma=False)
     rho = rigorous(lambda: _ratio(*_ZS_at(sch, tau)) / 2, "up", what="rho_PABI")
     return finish(rho, "up", as_mpf)
 
 
-def pabi_sigma(rho_max, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool = False):
+@entry_point
+def pabi_sigma(rho_max, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0,
+                shift_slack=0.0, as_mpf: bool = False):
     """Smallest constant noise std sigma with rho_PABI(sigma) <= rho_max, rounded up.
 
     Without initial noise rho_PABI scales as 1/sigma^2 and the minimising horizon does not depend
@@ -368,7 +375,8 @@ def pabi_sigma(rho_max, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool =
     1.0
     """
     rho_max = check_positive("rho_max", rho_max)
-    sch = _schedule(None, T, C0, C1, gamma, lam, sigma0, sigma_required=False)
+    sch = _schedule(None, T, C0, C1, gamma, lam, sigma0, sigma_required=False,
+                    shift_slack=shift_slack)
     if sch.sigma0 == 0:
         tau = _best_horizon(sch, unit_sigma=True)
 
@@ -378,15 +386,15 @@ def pabi_sigma(rho_max, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, as_mpf: bool =
         return finish(rigorous(compute, "up", what="sigma"), "up", as_mpf)
 
     def rho_of(sig):
-        s = _Schedule(sch.T, sch.C0, sch.C1, sch.gamma, sch.lam, sig, sch.sigma0)
+        s = _Schedule(sch.T, sch.C0, sch.C1, sch.gamma, sch.lam, sig, sch.sigma0, sch.slack)
         t = _best_horizon(s, unit_sigma=False)
         return rigorous(lambda: _ratio(*_ZS_at(s, t)) / 2, "up", what="rho_PABI")
 
     # the initial noise alone (horizon 0) may already suffice
-    if rigorous(lambda: (2 * sch.C0) ** 2 / (2 * sch.sigma0 ** 2), "up") <= rho_max:
+    if rigorous(lambda: (2 * sch.C0 + sch.slack) ** 2 / (2 * sch.sigma0 ** 2), "up") <= rho_max:
         return finish(mpf(0), "up", as_mpf)
     with mp.workdps(working_digits()):
-        hi_sch = _Schedule(sch.T, sch.C0, sch.C1, sch.gamma, sch.lam, None, mpf(0))
+        hi_sch = _Schedule(sch.T, sch.C0, sch.C1, sch.gamma, sch.lam, None, mpf(0), sch.slack)
         tau = _best_horizon(hi_sch, unit_sigma=True)
         Z, S1 = _ZS_at(hi_sch, tau, unit_sigma=True)
         hi = mp.sqrt(Z * Z / (2 * rho_max * S1)) * (1 + mpf(10) ** -12)
@@ -411,7 +419,9 @@ def _bisect_log(ok, lo, hi, rel=mpf(10) ** -13):
         return hi
 
 
-def pabi_steps(rho_max, sigma, C0, C1, gamma, lam=0.0, *, sigma0=0.0, max_steps: int = 10**12):
+@entry_point
+def pabi_steps(rho_max, sigma, C0, C1, gamma, lam=0.0, *, sigma0=0.0, max_steps: int = 10**12,
+               shift_slack=0.0):
     """Fewest steps T with rho_PABI <= rho_max for a constant schedule.
 
     rho_PABI(T) is non-increasing in T (a minimum over horizons tau <= T), so the answer is the
@@ -426,10 +436,10 @@ def pabi_steps(rho_max, sigma, C0, C1, gamma, lam=0.0, *, sigma0=0.0, max_steps:
     rho_max = check_positive("rho_max", rho_max)
     sigma = check_positive("sigma", sigma)
     for name, v in (("C1", C1), ("gamma", gamma), ("lam", lam)):
-        if _is_sequence(v):
+        if is_sequence(v):
             raise InvalidParameterError(f"{name} must be a scalar when solving for the number of "
                                         f"steps, got a sequence")
-    sch = _schedule(sigma, max_steps, C0, C1, gamma, lam, sigma0)
+    sch = _schedule(sigma, max_steps, C0, C1, gamma, lam, sigma0, shift_slack=shift_slack)
 
     def f(tau):
         return rigorous(lambda: _ratio(*_const_ZS(sch, tau)) / 2, "up", what="rho_PABI")
@@ -444,7 +454,7 @@ def pabi_steps(rho_max, sigma, C0, C1, gamma, lam=0.0, *, sigma0=0.0, max_steps:
             gl = sch.gamma * sch.lam
             floor = f(best_tau)
             if gl > 0 and best_tau == max_steps:
-                b = 2 * sch.gamma * sch.C1 / gl
+                b = (2 * sch.gamma * sch.C1 + sch.slack) / gl
                 floor = b * b * gl * (2 - gl) / (2 * sch.sigma ** 2)
         raise UnreachableTargetError(
             f"no number of steps reaches rho <= {mp.nstr(rho_max, 10)}: the bound's floor over all "
@@ -463,7 +473,8 @@ def pabi_steps(rho_max, sigma, C0, C1, gamma, lam=0.0, *, sigma0=0.0, max_steps:
     return hi
 
 
-def shift_path(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, horizon=None):
+@entry_point
+def shift_path(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, horizon=None, shift_slack=0.0):
     """Cauchy-Schwarz shift allocation for one horizon (floats, for inspection and tests).
 
     For horizon tau the shifts ``a_t = Z_tau w_t sigma_t^2 / S_tau`` (``w_t`` the product of the
@@ -475,7 +486,7 @@ def shift_path(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, horizon=None):
         dict with ``horizon``, ``a_init`` (shift absorbed by the initial noise), ``a`` (list of
         tau shifts), ``z`` (list of tau + 1 remaining shifts) and ``cost`` (sum a_t^2/sigma_t^2).
     """
-    sch = _schedule(sigma, T, C0, C1, gamma, lam, sigma0)
+    sch = _schedule(sigma, T, C0, C1, gamma, lam, sigma0, shift_slack=shift_slack)
     tau = _best_horizon(sch, unit_sigma=False) if horizon is None else \
         check_int("horizon", horizon, low=0 if sch.sigma0 > 0 else 1, high=sch.T)
     with mp.workdps(working_digits()):
@@ -489,9 +500,9 @@ def shift_path(sigma, T, C0, C1, gamma, lam=0.0, *, sigma0=0.0, horizon=None):
         w_init = acc  # product of all contractions: weight of the initial-noise shift
         a_init = Z * w_init * sch.sigma0 ** 2 / S
         a = [Z * w[t] * sch.at("sigma", t) ** 2 / S for t in range(tau)]
-        z = [2 * sch.C0 - a_init]
+        z = [2 * sch.C0 + sch.slack - a_init]
         for t in range(tau):
-            z.append(qs[t] * z[-1] + 2 * sch.at("gamma", t) * sch.at("C1", t) - a[t])
+            z.append(qs[t] * z[-1] + sch.shift(t) - a[t])
         cost = (a_init ** 2 / sch.sigma0 ** 2 if sch.sigma0 > 0 else 0) + sum(
             (a[t] ** 2 / sch.at("sigma", t) ** 2 for t in range(tau) if a[t] != 0), mpf(0))
         return {"horizon": tau, "a_init": float(a_init), "a": [float(x) for x in a],

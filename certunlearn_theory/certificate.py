@@ -26,8 +26,8 @@ from typing import Any, Mapping
 
 from mpmath import mpf
 
-from ._numerics import check_delta, check_epsilon, to_float
-from .amplification import _is_sequence, pabi_bound
+from ._numerics import check_delta, check_epsilon, entry_point, is_sequence, to_float
+from .amplification import pabi_bound
 from .calibration import METHODS, epsilon_for
 from .dpsgd import dpsgd_bound
 from .errors import InvalidParameterError
@@ -58,7 +58,7 @@ def _plain(value):
         return float(value)
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or _is_sequence(value):
+    if isinstance(value, (list, tuple)) or is_sequence(value):
         return [_plain(v) for v in value]
     raise InvalidParameterError(f"cannot record a value of type {type(value).__name__} "
                                 f"in a certificate: {value!r}")
@@ -116,6 +116,7 @@ class Certificate:
             raise InvalidParameterError(f"version must be a string, got {self.version!r}")
 
     # serialisation ------------------------------------------------------------------------------
+    @entry_point
     def to_dict(self) -> dict:
         """A plain, JSON-ready dict (a deep copy)."""
         return {"format": _FORMAT, "method": self.method, "parameters": _thaw(self.parameters),
@@ -123,6 +124,7 @@ class Certificate:
                 "derivation": _thaw(self.derivation), "version": self.version}
 
     @classmethod
+    @entry_point
     def from_dict(cls, data: Mapping) -> "Certificate":
         """Rebuild a certificate from :meth:`to_dict` output (clear errors for missing keys)."""
         if not isinstance(data, Mapping):
@@ -140,6 +142,7 @@ class Certificate:
                    derivation=copy.deepcopy(dict(data.get("derivation", {}))),
                    version=data.get("version", ""))
 
+    @entry_point
     def to_json(self, **kwargs) -> str:
         """JSON text; floats are written with ``repr`` so they read back exactly."""
         kwargs.setdefault("indent", 2)
@@ -147,6 +150,7 @@ class Certificate:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
+    @entry_point
     def from_json(cls, text: str) -> "Certificate":
         """Parse :meth:`to_json` output."""
         try:
@@ -164,6 +168,7 @@ class Certificate:
         return hash(self.to_json())
 
     # verification -------------------------------------------------------------------------------
+    @entry_point
     def verify(self) -> "Certificate":
         """Recompute the guarantee; raise ``ValueError`` with the reason if it does not reproduce.
 
@@ -186,7 +191,8 @@ class Certificate:
                     p.get("lam", 0.0), method=self.method, C2=p.get("C2"),
                     sigma0=p.get("sigma0", 0.0),
                     noise_after_projection=p.get("noise_after_projection", True),
-                    conversion=p.get("conversion", "improved"))
+                    conversion=p.get("conversion", "improved"),
+                    shift_slack=p.get("shift_slack", 0.0))
         except KeyError as exc:
             raise ValueError(f"certificate parameters lack {exc.args[0]!r}") from None
         except ValueError as exc:
@@ -228,14 +234,16 @@ def _compare(path, recorded, fresh):
 # Factories
 # ----------------------------------------------------------------------------------------------
 
+@entry_point
 def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradient_clipping",
                       C2=None, sigma0=0.0, eps=None, noise_after_projection=True,
-                      conversion="improved") -> Certificate:
+                      conversion="improved", shift_slack=0.0) -> Certificate:
     """Compute the guarantee of a setting and record it with its derivation.
 
     With ``eps=None`` the certificate states the accountant's eps (rounded up). With a target eps
     it checks that the accountant reproduces it (certified eps <= target) and states the target;
-    otherwise it raises ``ValueError`` saying what the accountant certifies instead.
+    otherwise it raises ``ValueError`` saying what the accountant certifies instead. A nonzero
+    ``shift_slack`` (see :func:`certunlearn_theory.noise_for`) is recorded in the parameters.
 
     >>> c = issue_certificate(1.618053, 1e-5, 100, 1.0, 1.0, 0.01, eps=1.0)
     >>> c.eps, c.derivation["horizon"]
@@ -249,7 +257,8 @@ def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradie
     delta_m = check_delta(delta)
     params: dict = {"delta": delta}
     if method == "gradient_clipping":
-        bound = pabi_bound(sigma, T, C0, C1, gamma, lam, sigma0=sigma0, as_mpf=True)
+        bound = pabi_bound(sigma, T, C0, C1, gamma, lam, sigma0=sigma0, as_mpf=True,
+                           shift_slack=shift_slack)
         certified, alpha = renyi_to_dp(RenyiCurve.linear(bound.rho), delta_m,
                                        conversion=conversion, with_order=True)
         params.update(T=T, C0=C0, C1=C1, gamma=gamma, lam=lam, sigma0=sigma0,
@@ -258,13 +267,15 @@ def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradie
                       "Z": to_float(bound.Z, "up"), "S": to_float(bound.S, "down"),
                       "alpha": alpha, "conversion": conversion,
                       "bound": "D_alpha <= alpha * rho_pabi, rho_pabi = Z^2/(2 S) at the horizon"}
-        sigma_value = sigma if _is_sequence(sigma) else float(sigma)
+        sigma_value = sigma if is_sequence(sigma) else float(sigma)
     elif method == "model_clipping":
         certified = model_clipping_epsilon(sigma, delta, T, C0, C2, sigma0=sigma0, C1=C1,
                                            gamma=gamma, lam=lam,
-                                           noise_after_projection=noise_after_projection)
+                                           noise_after_projection=noise_after_projection,
+                                           shift_slack=shift_slack)
         b = model_clipping_bound(sigma, certified, T, C0, C2, sigma0=sigma0, C1=C1, gamma=gamma,
-                                 lam=lam, noise_after_projection=noise_after_projection)
+                                 lam=lam, noise_after_projection=noise_after_projection,
+                                 shift_slack=shift_slack)
         params.update(T=T, C0=C0, C2=C2, sigma0=sigma0,
                       noise_after_projection=bool(noise_after_projection))
         if not noise_after_projection:
@@ -274,12 +285,16 @@ def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradie
                                "eps~_t = ln(1 + (e^eps - 1)/delta_t)"}
         sigma_value = float(sigma)
     else:
-        certified = epsilon_for(sigma, delta, None, C0, None, None, method=method)
+        certified = epsilon_for(sigma, delta, None, C0, None, None, method=method,
+                                shift_slack=shift_slack)
         params.update(C0=C0)
-        derivation = {"sensitivity": 2.0 * float(C0), "ratio": 2.0 * float(C0) / float(sigma),
+        sensitivity = 2.0 * float(C0) + float(shift_slack)
+        derivation = {"sensitivity": sensitivity, "ratio": sensitivity / float(sigma),
                       "bound": "theta_eps(2 C0 / sigma) <= delta (analytic Gaussian)"}
         sigma_value = float(sigma)
-    if _is_sequence(sigma_value):
+    if shift_slack:
+        params.update(shift_slack=shift_slack)
+    if is_sequence(sigma_value):
         raise InvalidParameterError("a certificate records one constant sigma; got a sequence "
                                     "(record the schedule in the training log instead)")
     if eps is None:
@@ -293,6 +308,7 @@ def issue_certificate(sigma, delta, T, C0, C1, gamma, lam=0.0, *, method="gradie
                        delta=float(delta), derivation=derivation, version=_version())
 
 
+@entry_point
 def issue_dpsgd_certificate(noise_multiplier, sampling_rate, steps, delta, *, group_size=1,
                             eps=None) -> Certificate:
     """Certificate of the DP-SGD group-privacy baseline (method ``"dpsgd_group"``).
@@ -316,7 +332,7 @@ def issue_dpsgd_certificate(noise_multiplier, sampling_rate, steps, delta, *, gr
               "steps": steps, "group_size": group_size, "delta": delta}
     derivation = {"eps1": b.eps1, "delta1": b.delta1, "order": b.order,
                   "orders": {str(k): v for k, v in b.orders.items()},
-                  "bound": "Poisson-subsampled Gaussian RDP (integer orders), improved "
+                  "bound": "Poisson-subsampled Gaussian RDP (real orders), improved "
                            "conversion, group lift (k eps1, delta1 (e^(k eps1)-1)/(e^eps1-1))"}
     return Certificate(method="dpsgd_group", parameters=params, sigma=float(noise_multiplier),
                        eps=stated, delta=float(delta), derivation=derivation, version=_version())

@@ -15,13 +15,15 @@ from ._cli_bounds import register as _register_bounds
 def _register_primitives(subparsers) -> None:
     """Subcommands of the Gaussian primitives (gaussian-sigma, gaussian-delta, gaussian-epsilon).
 
-    Each prints the safely rounded value (17 significant digits, so the float round-trips) or, with
-    ``--json``, one JSON object with the inputs, the result and the working precision.
+    Each prints the safely rounded value (the shortest decimal that is on the safe side of the
+    float and reads back as it, :func:`certunlearn_theory.format_up` with ``digits=None``) or,
+    with ``--json``, one JSON object with the inputs, the result and the working precision.
     """
     import json
 
     from . import divergences
     from ._numerics import DEFAULT_DIGITS, precision
+    from .formatting import format_up
 
     def add_common(parser):
         parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -45,10 +47,11 @@ def _register_primitives(subparsers) -> None:
                                                                  args.sensitivity)
         record = {"eps": args.eps, "delta": args.delta, "sensitivity": args.sensitivity,
                   "sigma": sigma, "classical_sigma": classical, "digits": args.digits}
-        lines = [f"sigma = {sigma!r}  (analytic Gaussian mechanism, Balle & Wang 2018; rounded up)"]
+        lines = [f"sigma = {format_up(sigma, None)}  (analytic Gaussian mechanism, "
+                 f"Balle & Wang 2018; rounded up)"]
         if classical is not None:
-            lines.append(f"classical sigma = {classical!r}  (Dwork & Roth 2014, eps < 1 only; "
-                         f"{classical / sigma:.4f}x the analytic value)")
+            lines.append(f"classical sigma = {format_up(classical, None)}  (Dwork & Roth 2014, "
+                         f"eps < 1 only; {classical / sigma:.4f}x the analytic value)")
         return emit(args, record, lines)
 
     def run_delta(args):
@@ -56,14 +59,16 @@ def _register_primitives(subparsers) -> None:
             delta = divergences.gaussian_delta(args.eps, args.sensitivity, args.sigma)
         record = {"eps": args.eps, "sensitivity": args.sensitivity, "sigma": args.sigma,
                   "delta": delta, "digits": args.digits}
-        return emit(args, record, [f"delta = {delta!r}  (exact Gaussian profile; rounded up)"])
+        return emit(args, record,
+                    [f"delta = {format_up(delta, None)}  (exact Gaussian profile; rounded up)"])
 
     def run_epsilon(args):
         with precision(args.digits):
             eps = divergences.gaussian_epsilon(args.delta, args.sensitivity, args.sigma)
         record = {"delta": args.delta, "sensitivity": args.sensitivity, "sigma": args.sigma,
                   "eps": eps, "digits": args.digits}
-        return emit(args, record, [f"eps = {eps!r}  (exact Gaussian profile; rounded up)"])
+        return emit(args, record,
+                    [f"eps = {format_up(eps, None)}  (exact Gaussian profile; rounded up)"])
 
     p = subparsers.add_parser(
         "gaussian-sigma", help="noise std of an (eps, delta)-DP Gaussian mechanism",

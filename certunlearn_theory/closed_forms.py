@@ -20,8 +20,8 @@ from __future__ import annotations
 from mpmath import mp, mpf
 
 from ._numerics import (check_delta, check_epsilon, check_int, check_nonnegative, check_positive,
-                        working_digits)
-from .divergences import log_theta
+                        entry_point, working_digits)
+from .divergences import raw_log_theta
 from .errors import InvalidParameterError
 
 __all__ = ["paper_rho", "paper_sigma_unregularized", "paper_sigma_regularized",
@@ -41,6 +41,7 @@ def _eps_delta(eps, delta):
     return eps, delta, L
 
 
+@entry_point
 def paper_rho(eps, delta) -> float:
     """The paper's Renyi budget rho = eps^2 / (9 L) (Mironov's conversion at alpha = 1 + 3L/eps).
 
@@ -55,6 +56,7 @@ def paper_rho(eps, delta) -> float:
         return float(eps ** 2 / (9 * L))
 
 
+@entry_point
 def paper_sigma_unregularized(eps, delta, T, C0, C1, gamma) -> float:
     """The paper's noise for gradient clipping without regularisation (comparison only).
 
@@ -74,6 +76,7 @@ def paper_sigma_unregularized(eps, delta, T, C0, C1, gamma) -> float:
         return float(mp.sqrt(9 * L * (C0 + C1 * gamma * T) ** 2 / (eps ** 2 * T)))
 
 
+@entry_point
 def paper_sigma_regularized(eps, delta, T, C0, C1, gamma, lam) -> float:
     """The paper's noise for gradient clipping with L2 regularisation lam > 0 (comparison only).
 
@@ -103,6 +106,7 @@ def _steps_from_log_factor(log_factor, log_delta0, delta) -> int:
     return max(0, int(mp.ceil(need)))
 
 
+@entry_point
 def paper_model_clipping_steps(eps, delta, C2, sigma, *, C0=None, sigma0=0.0) -> int:
     """Steps for model clipping from the fixed-gamma contraction (the paper's T = O(log 1/delta)).
 
@@ -126,10 +130,11 @@ def paper_model_clipping_steps(eps, delta, C2, sigma, *, C0=None, sigma0=0.0) ->
         if sigma0 > 0:
             if C0 is None:
                 raise InvalidParameterError("C0 is required when sigma0 > 0")
-            log_d0 = min(mpf(0), log_theta(eps, 2 * check_positive("C0", C0) / sigma0))
-        return _steps_from_log_factor(log_theta(eps, 2 * C2 / sigma), log_d0, delta)
+            log_d0 = min(mpf(0), raw_log_theta(eps, 2 * check_positive("C0", C0) / sigma0))
+        return _steps_from_log_factor(raw_log_theta(eps, 2 * C2 / sigma), log_d0, delta)
 
 
+@entry_point
 def tv_model_clipping_steps(delta, C2, sigma) -> int:
     """Steps for model clipping from the total-variation contraction theta_0(2 C2/sigma)^T.
 

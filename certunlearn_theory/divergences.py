@@ -31,6 +31,8 @@ from mpmath import mp, mpf
 
 from ._numerics import (
     GUARD_DIGITS,
+    bracketed_newton,
+    entry_point,
     check_delta,
     check_epsilon,
     check_nonnegative,
@@ -219,8 +221,11 @@ def _ratio(numerator: mpf, sigma: mpf, eps: mpf) -> mpf:
         return numerator / sigma
 
 
-def theta(eps, r) -> mpf:
+def raw_theta(eps, r) -> mpf:
     """Hockey-stick divergence theta_eps(r) = E_{e^eps}(N(r,1) || N(0,1)) at the current mp.dps.
+
+    The building block of every accountant computation, which calls it at the precisions it
+    chooses itself; users call :func:`theta` (the same value at ``working_digits()``).
 
     Formula (Balle & Wang 2018, Theorem 8; THEORY.md section 2):
     ``Phi(r/2 - eps/r) - e^eps Phi(-eps/r - r/2)``. Accurate to full relative precision for every
@@ -228,13 +233,8 @@ def theta(eps, r) -> mpf:
     the asymptotic series of Mills' ratio), never negative. ``r = +inf`` gives 1, ``r = 0`` or
     ``eps = +inf`` gives 0.
 
-    This is the raw function: no validation and no safe-side rounding (use
-    :func:`gaussian_delta` for a guarantee). Arguments are converted with ``mpf``.
-
-    >>> from mpmath import mp
-    >>> with mp.workdps(50):
-    ...     mp.nstr(theta(1, 2), 12)
-    '0.509861660055'
+    No validation and no safe-side rounding (use :func:`gaussian_delta` for a guarantee).
+    Arguments are converted exactly (an ``mpf`` is not rounded to the ambient precision).
     """
     eps, r = _exact(eps), _exact(r)
     if mp.isinf(eps) or r == 0:
@@ -243,12 +243,41 @@ def theta(eps, r) -> mpf:
         return mpf(1)
     if eps == 0:  # total variation 2 Phi(r/2) - 1 = erf(r/(2 sqrt 2)) = 1 - 2 Q(r/2)
         with mp.workdps(mp.dps + 5):
-            value = mp.erf(r / (2 * mp.sqrt(2))) if r < 2 else 1 - 2 * _upper_tail(r / 2)
+            value = mp.erf(r / (2 * mp.sqrt(2))) if r < 2 else 1 - 2 * _upper_tail(mp.ldexp(r, -1))
         return +value
     if _m_estimate(eps, r) >= _ASYMPTOTIC_FROM:
         value = mp.exp(_log_theta_asymptotic(eps, r))
         return +value
     return _theta_direct(eps, r)
+
+
+@entry_point
+def theta(eps, r) -> mpf:
+    """Hockey-stick divergence theta_eps(r) = E_{e^eps}(N(r,1) || N(0,1)) as an ``mpf``.
+
+    Formula (Balle & Wang 2018, Theorem 8; THEORY.md section 2):
+    ``Phi(r/2 - eps/r) - e^eps Phi(-eps/r - r/2)``, accurate to full relative precision at
+    ``working_digits()`` significant digits (set them with :func:`certunlearn_theory.precision`;
+    the caller's ``mp.dps`` plays no part) for every ``eps >= 0`` and ``r > 0``, never negative.
+    ``r = +inf`` gives 1, ``r = 0`` or ``eps = +inf`` gives 0. The raw value: no validation and
+    no safe-side rounding (use :func:`gaussian_delta` for a guarantee).
+
+    >>> from mpmath import mp
+    >>> mp.nstr(theta(1, 2), 12)
+    '0.509861660055'
+    """
+    return raw_theta(eps, r)
+
+
+@entry_point
+def log_theta(eps, r) -> mpf:
+    """Natural logarithm of :func:`theta` at ``working_digits()``, to full relative precision.
+
+    Works far below the range of ``theta`` itself (``theta < 10^(-10^6)`` and beyond) and near
+    ``theta = 1``; see :func:`raw_log_theta`. ``r = +inf`` gives 0, ``r = 0`` or ``eps = +inf``
+    gives ``-inf``. No validation, no rounding.
+    """
+    return raw_log_theta(eps, r)
 
 
 def _one_minus_theta(eps: mpf, r: mpf) -> mpf:
@@ -262,8 +291,10 @@ def _one_minus_theta(eps: mpf, r: mpf) -> mpf:
     return +value
 
 
-def log_theta(eps, r) -> mpf:
-    """Natural logarithm of :func:`theta`, at the current mp.dps, to full relative precision.
+def raw_log_theta(eps, r) -> mpf:
+    """Natural logarithm of :func:`raw_theta`, at the current mp.dps, to full relative precision.
+
+    Used inside accountant computations; users call :func:`log_theta` (``working_digits()``).
 
     Works far below the range of ``theta`` itself (``theta < 10^(-10^6)`` and beyond: for
     ``m = eps/r - r/2 >= 1000`` it uses ``-m^2/2 - ln sqrt(2 pi) + ln(R(m) - R(m + r))`` with the
@@ -281,11 +312,11 @@ def log_theta(eps, r) -> mpf:
         with mp.workdps(target):
             return +value
     with mp.workdps(target + 5):
-        value = theta(eps, r)
+        value = raw_theta(eps, r)
         if value > mpf(1) / 2 and eps > 0:
             result = mp.log1p(-_one_minus_theta(eps, r))
         elif value > mpf(1) / 2:
-            result = mp.log1p(-2 * _upper_tail(r / 2))  # r/2 is exact
+            result = mp.log1p(-2 * _upper_tail(mp.ldexp(r, -1)))  # r/2 exactly (all bits of r)
         else:
             result = mp.log(value)
     with mp.workdps(target):
@@ -298,50 +329,10 @@ def _log_phi_m(eps: mpf, r: mpf) -> mpf:
 
 
 # ----------------------------------------------------------------------------------------------
-# A bracketed Newton solver (used in log space by every inversion)
-# ----------------------------------------------------------------------------------------------
-
-def _bracketed_newton(f, lo: mpf, hi: mpf, start: mpf, tol: mpf, max_iter: int = 400) -> mpf:
-    """Root of ``f`` (returning ``(value, slope)``) with ``f(lo) < 0 < f(hi)`` or the reverse.
-
-    Newton steps that leave the bracket are replaced by bisection. Returns the last iterate;
-    callers move it to the safe side and verify, so the solver itself need not be exact.
-    """
-    f_lo = f(lo)[0]
-    negative_end, positive_end = (lo, hi) if f_lo <= 0 else (hi, lo)
-    x = start if lo < start < hi else (lo + hi) / 2
-    for _ in range(max_iter):
-        value, slope = f(x)
-        if value == 0:
-            return x
-        if value < 0:
-            negative_end = x
-        else:
-            positive_end = x
-        low, high = min(negative_end, positive_end), max(negative_end, positive_end)
-        step = -value / slope if slope != 0 and mp.isfinite(slope) else None
-        if step is not None and abs(step) <= tol * (1 + abs(x)):
-            # A negligible step means convergence only if f changes sign just past it: where
-            # f's terms cancel (|f| ~ 1e300 from two nearly equal logarithms) the slope is noise
-            # and the step is tiny far from the root. Otherwise keep bisecting.
-            probe = x + 2 * step + mp.sign(step) * tol * (1 + abs(x))
-            probe_value = f(probe)[0]
-            if probe_value == 0 or (probe_value < 0) != (value < 0):
-                return x + step  # converged (the bracket may be far on one side)
-            step = None
-        candidate = x + step if step is not None else None
-        if candidate is None or not low < candidate < high:
-            candidate = (low + high) / 2
-        if abs(candidate - x) <= tol * (1 + abs(x)) or high - low <= tol * (1 + abs(x)):
-            return candidate
-        x = candidate
-    return x
-
-
-# ----------------------------------------------------------------------------------------------
 # Guarantees of the Gaussian mechanism
 # ----------------------------------------------------------------------------------------------
 
+@entry_point
 def gaussian_delta(eps, sensitivity, sigma, *, as_mpf: bool = False):
     """Exact privacy profile of the Gaussian mechanism, rounded UP.
 
@@ -368,7 +359,7 @@ def gaussian_delta(eps, sensitivity, sigma, *, as_mpf: bool = False):
     sigma = check_positive("sigma", sigma)
     if sensitivity == 0:
         return mpf(0) if as_mpf else 0.0
-    value = rigorous(lambda: theta(eps, _ratio(sensitivity, sigma, eps)), "up",
+    value = rigorous(lambda: raw_theta(eps, _ratio(sensitivity, sigma, eps)), "up",
                      what="gaussian_delta")
     return finish(min(value, mpf(1)), "up", as_mpf)  # theta <= 1: widening stops at 1
 
@@ -378,7 +369,7 @@ def _solve_log_r(eps: mpf, log_delta: mpf) -> mpf:
 
     def f(u):
         r = mp.exp(u)
-        log_t = log_theta(eps, r)
+        log_t = raw_log_theta(eps, r)
         slope = r * mp.exp(_log_phi_m(eps, r) - log_t)  # d ln theta / d ln r
         return log_t - log_delta, slope
 
@@ -402,7 +393,7 @@ def _solve_log_r(eps: mpf, log_delta: mpf) -> mpf:
             step *= 2
             hi = u + step
     tol = mpf(10) ** (-(mp.dps - 12))
-    return _bracketed_newton(f, lo, hi, u, tol)
+    return bracketed_newton(f, lo, hi, u, tol)
 
 
 def _max_noise_ratio_mpf(eps: mpf, delta: mpf) -> mpf:
@@ -417,7 +408,7 @@ def _max_noise_ratio_mpf(eps: mpf, delta: mpf) -> mpf:
         shrink = mpf(10) ** (-(digits - 8))
         for _ in range(30):
             candidate = mp.exp(u) * (1 - shrink)
-            if log_theta(eps, candidate) <= log_delta - margin:
+            if raw_log_theta(eps, candidate) <= log_delta - margin:
                 return candidate
             shrink *= 10
             if shrink >= 1:
@@ -425,6 +416,7 @@ def _max_noise_ratio_mpf(eps: mpf, delta: mpf) -> mpf:
     raise PrecisionError(f"max_noise_ratio(eps={eps}, delta={delta}): could not verify the root")
 
 
+@entry_point
 def max_noise_ratio(eps, delta, *, as_mpf: bool = False):
     """Largest sensitivity-to-noise ratio of a Gaussian mechanism that is (eps, delta)-DP.
 
@@ -443,6 +435,7 @@ def max_noise_ratio(eps, delta, *, as_mpf: bool = False):
     return finish(_max_noise_ratio_mpf(eps, delta), "down", as_mpf)
 
 
+@entry_point
 def gaussian_sigma(eps, delta, sensitivity, *, as_mpf: bool = False):
     """Smallest noise standard deviation making the Gaussian mechanism (eps, delta)-DP.
 
@@ -484,7 +477,7 @@ def _solve_epsilon(r: mpf, log_delta: mpf) -> mpf:
     """Root in eps of ln theta_eps(r) = ln delta (ln theta_0(r) > ln delta assumed)."""
 
     def f(eps):
-        log_t = log_theta(eps, r)
+        log_t = raw_log_theta(eps, r)
         m_plus_r = eps / r + r / 2
         slope = -mp.exp(_log_phi_m(eps, r) + mp.log(_mills(m_plus_r)) - log_t)
         return log_t - log_delta, slope
@@ -498,9 +491,10 @@ def _solve_epsilon(r: mpf, log_delta: mpf) -> mpf:
         lo = hi
         hi *= 2
     tol = mpf(10) ** (-(mp.dps - 12))
-    return _bracketed_newton(f, lo, hi, guess, tol)
+    return bracketed_newton(f, lo, hi, guess, tol)
 
 
+@entry_point
 def gaussian_epsilon(delta, sensitivity, sigma, *, as_mpf: bool = False):
     """Smallest eps >= 0 with ``theta_eps(sensitivity/sigma) <= delta``, rounded UP.
 
@@ -524,14 +518,14 @@ def gaussian_epsilon(delta, sensitivity, sigma, *, as_mpf: bool = False):
         r = _ratio(sensitivity, sigma, mpf(0))
         log_delta = mp.log(delta)
         margin = mpf(10) ** (-(digits + 12)) * (1 + abs(log_delta))
-        if log_theta(0, r) <= log_delta - margin:
+        if raw_log_theta(0, r) <= log_delta - margin:
             eps = mpf(0)
         else:
             root = _solve_epsilon(r, log_delta)
             grow = mpf(10) ** (-(digits - 8))
             for _ in range(30):
                 eps = root * (1 + grow) + grow * r
-                if log_theta(eps, r) <= log_delta - margin:
+                if raw_log_theta(eps, r) <= log_delta - margin:
                     break
                 grow *= 10
             else:  # pragma: no cover
@@ -548,6 +542,7 @@ def gaussian_epsilon(delta, sensitivity, sigma, *, as_mpf: bool = False):
     raise PrecisionError("gaussian_epsilon: the rounded epsilon does not verify")  # pragma: no cover
 
 
+@entry_point
 def classical_gaussian_sigma(eps, delta, sensitivity, *, as_mpf: bool = False):
     """Textbook Gaussian-mechanism noise ``sensitivity * sqrt(2 ln(1.25/delta)) / eps``, rounded UP.
 
@@ -566,6 +561,7 @@ def classical_gaussian_sigma(eps, delta, sensitivity, *, as_mpf: bool = False):
     return finish(value, "up", as_mpf)
 
 
+@entry_point
 def gaussian_renyi(alpha, sensitivity, sigma, *, as_mpf: bool = False):
     """Renyi divergence of order alpha between N(0, sigma^2) and N(sensitivity, sigma^2), rounded UP.
 
@@ -579,11 +575,15 @@ def gaussian_renyi(alpha, sensitivity, sigma, *, as_mpf: bool = False):
     alpha = check_real("alpha", alpha, low=1, low_open=True)
     sensitivity = check_nonnegative("sensitivity", sensitivity)
     sigma = check_positive("sigma", sigma)
-    return finish(_renyi_coefficient_up(sensitivity, sigma, alpha), "up", as_mpf)
+    return finish(renyi_coefficient_up(sensitivity, sigma, alpha), "up", as_mpf)
 
 
-def _renyi_coefficient_up(sensitivity: mpf, sigma: mpf, alpha: mpf = mpf(1)) -> mpf:
-    """alpha * sensitivity^2 / (2 sigma^2) with exact products and one division rounded up."""
+def renyi_coefficient_up(sensitivity: mpf, sigma: mpf, alpha: mpf = mpf(1)) -> mpf:
+    """alpha * sensitivity^2 / (2 sigma^2) with exact products and one division rounded up.
+
+    Shared with :class:`certunlearn_theory.RenyiCurve` (the Gaussian curve's coefficient);
+    not exported from the package (arguments must already be validated ``mpf``).
+    """
     numerator = mp.fmul(alpha, mp.fmul(sensitivity, sensitivity, exact=True), exact=True)
     denominator = mp.fmul(2, mp.fmul(sigma, sigma, exact=True), exact=True)
     bits = int((working_digits() + GUARD_DIGITS) * 3.33) + 8
@@ -604,9 +604,10 @@ def _contraction_log(eps: mpf, delta_in: mpf, radius: mpf, sigma: mpf) -> mpf:
     else:
         t = _log_expm1(eps) - mp.log(delta_in)  # ln((e^eps - 1)/delta_in)
         eps_tilde = t + mp.log1p(mp.exp(-t)) if t > 0 else mp.log1p(mp.exp(t))
-    return mp.log(delta_in) + log_theta(eps_tilde, _ratio(2 * radius, sigma, eps_tilde))
+    return mp.log(delta_in) + raw_log_theta(eps_tilde, _ratio(2 * radius, sigma, eps_tilde))
 
 
+@entry_point
 def hockey_stick_contraction(eps, delta_in, radius, sigma, *, as_mpf: bool = False):
     """One strong data-processing step of a Gaussian kernel applied after projection on a ball.
 

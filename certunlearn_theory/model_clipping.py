@@ -37,17 +37,18 @@ import math
 from dataclasses import dataclass
 
 from mpmath import mp, mpf
-from scipy.special import erfcx, log_ndtr, ndtr
 
-from ._numerics import (check_delta, check_epsilon, check_int, check_nonnegative,
-                        check_positive, finish, log_float_up, rigorous, to_float, working_digits)
-from .divergences import log_theta
+from ._numerics import (check_delta, check_epsilon, check_int, check_nonnegative, check_positive,
+                        entry_point, finish, log_float_up, rigorous, to_float, working_digits)
+from .divergences import raw_log_theta
 from .errors import InvalidParameterError, PrecisionError, UnreachableTargetError
+from .formatting import format_up
 
 __all__ = ["ModelClippingBound", "model_clipping_bound", "model_clipping_delta",
            "model_clipping_epsilon", "model_clipping_sigma", "model_clipping_steps"]
 
 _LOG_SMALLEST_FLOAT = math.log(5e-324)
+_ERFC_SAFE = 1000  # mpmath's erfc is used below this argument only
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,7 +65,15 @@ class _Setting:
 
 
 def _validate(sigma, T, C0, C2, sigma0, C1, gamma, lam, noise_after_projection, *,
-              sigma_known=True, T_required=True):
+              sigma_known=True, T_required=True, shift_slack=0.0):
+    """Validated inputs; a shift slack widens every mean distance by ``shift_slack``.
+
+    The slack (e.g. float32 rounding, THEORY.md section 8) enters through the radii: the start
+    diameter 2 C0 + slack and the step diameter 2 C2 + slack (noise after projection) or
+    2 (|1 - gamma lam| C2 + gamma C1) + slack (noise before projection, through C1 + slack /
+    (2 gamma)).
+    """
+    slack = check_nonnegative("shift_slack", shift_slack)
     T = check_int("T", T, low=1) if (T is not None or T_required) else None
     C0 = check_positive("C0", C0)
     if C2 is None:
@@ -91,21 +100,36 @@ def _validate(sigma, T, C0, C2, sigma0, C1, gamma, lam, noise_after_projection, 
         if gamma * lam > 1:
             raise InvalidParameterError(f"gamma*lam must be <= 1, got gamma={float(gamma)}, "
                                         f"lam={float(lam)}")
-        extra = (C1, gamma, lam)
+        extra = (C1 + slack / (2 * gamma), gamma, lam)
+    elif slack > 0:
+        C2 = C2 + slack / 2
+    if slack > 0:
+        C0 = C0 + slack / 2
     return sigma, T, C0, C2, sigma0, extra
 
 
+def _radius(numerator, sigma: mpf) -> mpf:
+    """numerator()/sigma with enough extra digits that theta at the radius keeps the current
+    precision: near r ~ 1e200 (tiny sigma) ln(1 - theta) ~ -r^2/8 needs r to 2 log10(r) more
+    digits than the result (``numerator`` is a callable, evaluated at the raised precision)."""
+    if sigma == 0:
+        return mp.inf
+    with mp.workdps(15):
+        estimate = abs(numerator() / sigma)
+        extra = 2 * max(0, int(mp.ceil(mp.log10(1 + estimate)))) + 5
+    with mp.workdps(mp.dps + extra):
+        return numerator() / sigma
+
+
 def _setting(eps: mpf, sigma: mpf, C0, C2, sigma0, extra) -> _Setting:
-    """Radii at the current precision."""
-    log_d0 = mpf(0) if sigma0 == 0 else min(mpf(0), log_theta(eps, 2 * C0 / sigma0))
-    inf = mp.inf
+    """Radii at the current precision (and ln delta_0)."""
+    log_d0 = mpf(0) if sigma0 == 0 else min(mpf(0),
+                                             raw_log_theta(eps, _radius(lambda: 2 * C0, sigma0)))
     if extra is None:
-        r = 2 * C2 / sigma if sigma > 0 else inf
-        return _Setting(log_d0, None, r, 0)
+        return _Setting(log_d0, None, _radius(lambda: 2 * C2, sigma), 0)
     C1, gamma, lam = extra
-    q = abs(1 - gamma * lam)
-    r_first = 2 * (q * C0 + gamma * C1) / sigma if sigma > 0 else inf
-    r = 2 * (q * C2 + gamma * C1) / sigma if sigma > 0 else inf
+    r_first = _radius(lambda: 2 * (abs(1 - gamma * lam) * C0 + gamma * C1), sigma)
+    r = _radius(lambda: 2 * (abs(1 - gamma * lam) * C2 + gamma * C1), sigma)
     return _Setting(log_d0, r_first, r, 1)
 
 
@@ -118,6 +142,8 @@ _SQRT_HALF = math.sqrt(0.5)
 
 
 def _log_theta_float(eps: float, r: float) -> float:
+    """ln theta in float64 (search only; scipy is imported on first use)."""
+    from scipy.special import erfcx, log_ndtr, ndtr
     if r == math.inf:
         return 0.0
     if r == 0 or eps == math.inf:
@@ -137,27 +163,33 @@ def _log_theta_float(eps: float, r: float) -> float:
         return la + math.log1p(-math.exp(d))
     # theta = phi(m) (R(m) - R(m + r)), R the Mills ratio (cancellation only r/m relative)
     diff = _SQRT_HALF_PI * (erfcx(m / math.sqrt(2)) - erfcx((m + r) / math.sqrt(2)))
-    if diff <= 0:
-        diff = _SQRT_HALF_PI * erfcx(m / math.sqrt(2)) * r / (m + r) * 1e-300  # underflowed: tiny
-    return -m * m / 2 - 0.5 * math.log(2 * math.pi) + math.log(diff)
+    if diff > 0 and math.isfinite(diff):
+        log_diff = math.log(diff)
+    elif m > 0:  # cancelled or overflowed: R(m) - R(m + r) ~ r / (m (m + r)) for large m
+        log_diff = math.log(r) - math.log(m) - math.log(m + r)
+    else:  # theta <= Phi(-m): an upper bound is good enough for a search
+        return la
+    return -m * m / 2 - 0.5 * math.log(2 * math.pi) + log_diff
 
 
 def _log_theta_mp(eps: mpf, r: mpf, exp_eps=None) -> mpf:
     """ln theta_eps(r) at the current precision; the 1 - theta sum of positives when m < 0.
 
-    ``exp_eps`` may pass e^eps when the caller already has it.
+    ``exp_eps`` may pass e^eps when the caller already has it. Arguments of ``erfc`` beyond
+    1000 (huge ratios r = 2 C2/sigma at tiny sigma, where mpmath's ``erfc`` overflows) go to
+    :func:`raw_log_theta`, which uses the asymptotic series there.
     """
     if mp.isinf(r):
         return mpf(0)
     m = eps / r - r / 2
-    if m < 0:
+    if m < 0 and -m < _ERFC_SAFE and m + r < _ERFC_SAFE:
         s2 = mp.sqrt(2)
         if exp_eps is None:
             exp_eps = mp.exp(eps)
         one_minus = (mp.erfc(-m / s2) + exp_eps * mp.erfc((m + r) / s2)) / 2
         if one_minus < mpf(1) / 2:
             return mp.log1p(-one_minus)
-    return log_theta(eps, r)
+    return raw_log_theta(eps, r)
 
 
 def _eps_tilde(log_expm1_eps, log_delta, lib):
@@ -231,6 +263,30 @@ def _certified_log_delta(eps: mpf, sigma: mpf, C0, C2, sigma0, extra, steps: int
     return value, traj
 
 
+def _meets(eps: mpf, sigma: mpf, C0, C2, sigma0, extra, T: int, log_target: mpf) -> bool:
+    """Certified: ln delta_T <= log_target (mpmath recursion at two precisions).
+
+    delta_t never increases with t (each factor theta is at most 1), so the recursion may stop at
+    any n <= T once ln delta_n meets the target: the float recursion proposes the first n far
+    below it (past that point ln(1/delta) keeps squaring, and so would the digits needed). If the
+    certified value at n misses the target, the full T steps decide.
+    """
+    n = T
+    try:
+        with mp.workdps(30):
+            s = _setting(eps, sigma, C0, C2, sigma0, extra)
+        n = len(_trajectory_float(float(eps), s, T, 2 * float(log_target) - 50)) - 1
+    except (OverflowError, ValueError, ZeroDivisionError):  # float64 out of its depth: all steps
+        n = T
+    value, _ = _certified_log_delta(eps, sigma, C0, C2, sigma0, extra, n)
+    if value <= log_target:
+        return True
+    if n < T:
+        value, _ = _certified_log_delta(eps, sigma, C0, C2, sigma0, extra, T)
+        return value <= log_target
+    return False
+
+
 # ----------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------
@@ -252,12 +308,13 @@ class ModelClippingBound:
     log_deltas: tuple
 
 
+@entry_point
 def model_clipping_bound(sigma, eps, T, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
-                         noise_after_projection=True) -> ModelClippingBound:
+                         noise_after_projection=True, shift_slack=0.0) -> ModelClippingBound:
     """delta_T of the exact recursion with its trajectory (see :func:`model_clipping_delta`)."""
     eps_m = check_epsilon(eps)
     sigma, T, C0, C2, sigma0, extra = _validate(sigma, T, C0, C2, sigma0, C1, gamma, lam,
-                                                noise_after_projection)
+                                                noise_after_projection, shift_slack=shift_slack)
     with mp.workdps(30):
         s = _setting(eps_m, sigma, C0, C2, sigma0, extra)
     # the float trajectory decides where to stop (below the float range nothing changes)
@@ -269,8 +326,9 @@ def model_clipping_bound(sigma, eps, T, C0, C2, *, sigma0=0.0, C1=None, gamma=No
                               + (to_float(log_delta, "up"),))
 
 
+@entry_point
 def model_clipping_delta(sigma, eps, T, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
-                         noise_after_projection=True):
+                         noise_after_projection=True, shift_slack=0.0):
     """delta of T projected noisy steps at a given eps (exact recursion), rounded UP.
 
     ``delta_0 = theta_eps(2 C0/sigma0)`` (1 if sigma0 = 0) and
@@ -282,7 +340,8 @@ def model_clipping_delta(sigma, eps, T, C0, C2, *, sigma0=0.0, C1=None, gamma=No
     True
     """
     return model_clipping_bound(sigma, eps, T, C0, C2, sigma0=sigma0, C1=C1, gamma=gamma, lam=lam,
-                                noise_after_projection=noise_after_projection).delta
+                                noise_after_projection=noise_after_projection,
+                                shift_slack=shift_slack).delta
 
 
 def _solve_decreasing(g, lo, hi, rel=1e-13):
@@ -316,14 +375,20 @@ def _solve_decreasing(g, lo, hi, rel=1e-13):
     return hi
 
 
+@entry_point
 def model_clipping_sigma(eps, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
-                         noise_after_projection=True, as_mpf=False):
+                         noise_after_projection=True, as_mpf=False, shift_slack=0.0):
     """Smallest noise std sigma whose exact recursion gives delta_T <= delta at eps, rounded UP.
 
-    Illinois root finding on ln sigma with the float64 recursion, then the candidate is certified
-    with the mpmath recursion (nudged up until it is) and raised by a relative 1e-11, so that
-    :func:`model_clipping_epsilon` at the returned sigma gives back at most eps. 0.0 when the
-    initial noise alone already meets the target.
+    Illinois root finding on ln sigma with the float64 recursion proposes a candidate; the
+    mpmath recursion certifies it (nudged up until it is). If a sigma 1e-9 smaller is certified
+    too, the float search could not resolve the target (e.g. a target within float resolution of
+    delta_0, where every tiny sigma looks good in float64): the answer then comes from a
+    bisection on ln sigma with the certified recursion. The result is raised by a relative 1e-11,
+    so that :func:`model_clipping_epsilon` at the returned sigma gives back at most eps. 0.0
+    when the initial noise alone already meets the target (certified). Every target is
+    reachable in exact arithmetic (delta_T -> 0 as sigma grows); :class:`UnreachableTargetError`
+    when the sigma needed is beyond the float range.
 
     >>> s = model_clipping_sigma(1.0, 1e-5, 6, C0=1.0, C2=1.0)
     >>> model_clipping_delta(s, 1.0, 6, C0=1.0, C2=1.0) <= 1e-5
@@ -332,7 +397,8 @@ def model_clipping_sigma(eps, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamma=No
     eps_m = check_epsilon(eps)
     delta_m = check_delta(delta)
     _, T, C0, C2, sigma0, extra = _validate(None, T, C0, C2, sigma0, C1, gamma, lam,
-                                            noise_after_projection, sigma_known=False)
+                                            noise_after_projection, sigma_known=False,
+                                            shift_slack=shift_slack)
     with mp.workdps(working_digits()):
         log_target = mp.log(delta_m)
     log_target_f = float(log_target)
@@ -346,43 +412,83 @@ def model_clipping_sigma(eps, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamma=No
         return float_log_delta(sig) <= log_target_f
 
     def certified_ok(sig):
-        n = T
-        value, _ = _certified_log_delta(eps_m, mpf(sig), C0, C2, sigma0, extra, n)
-        return value <= log_target
+        return _meets(eps_m, mpf(sig), C0, C2, sigma0, extra, T, log_target)
 
-    if sigma0 > 0:
-        with mp.workdps(working_digits()):
-            d0 = rigorous(lambda: log_theta(eps_m, 2 * C0 / sigma0), "up")
-        if d0 <= log_target:
-            return finish(mpf(0), "up", as_mpf)
-    hi = float(C2)
+    if sigma0 > 0 and certified_ok(0.0):  # sigma = 0: the initial noise alone
+        return finish(mpf(0), "up", as_mpf)
+    # 1. a float64 proposal (fast, usually within 1e-15 of the root, but it cannot see a target
+    #    closer to delta_0 than float resolution: then every tiny sigma looks good)
+    proposal = _float_sigma_proposal(float_ok, float_log_delta, log_target_f, float(C2))
+    # 2. certify: raise the proposal until the mpmath recursion certifies it
+    sig = proposal * (1 + 1e-15) if proposal is not None else float(C2)
+    step = 1e-14
+    while not certified_ok(sig):
+        sig = math.nextafter(sig * (1 + step), math.inf)
+        step = min(2 * step, 1.0)
+        if sig > _MAX_FLOAT / 4:
+            raise UnreachableTargetError(
+                "the noise needed for the target is beyond the float range (sigma > 4e307)")
+    # 3. tight: if a slightly smaller sigma is also certified, the proposal was wrong; bisect
+    #    on ln sigma with the certified recursion between a failing and a certified end
+    if certified_ok(sig * (1 - 1e-9)):
+        lo = sig * (1 - 1e-9)
+        while certified_ok(lo):
+            sig, lo = lo, lo / 16
+            if lo < 1e-320:
+                lo = 0.0
+                break
+        sig = _certified_bisection(certified_ok, lo, sig)
+    # a relative margin of 1e-11 (larger sigma only helps) so that re-evaluating the guarantee
+    # at this sigma, itself searched to ~1e-14, lands on the target's safe side
+    result = finish(mpf(sig) * (1 + mpf(10) ** -11), "up", as_mpf)
+    if not as_mpf and math.isinf(result):
+        raise UnreachableTargetError(
+            "the noise needed for the target is beyond the float range (sigma > 1.8e308)")
+    return result
+
+
+_MAX_FLOAT = 1.7976931348623157e308
+
+
+def _float_sigma_proposal(float_ok, float_log_delta, log_target_f, start):
+    """Float64 root of ln delta_T(sigma) = ln delta in ln sigma, or None if it is not bracketed."""
+    hi = start
     while not float_ok(hi):
         hi *= 2
         if hi > 1e300:
-            raise UnreachableTargetError("no finite sigma reaches the target", best=None)
+            return None
     lo = hi / 2
     while float_ok(lo):
         hi, lo = lo, lo / 2
-        if lo < 1e-300:
-            return finish(mpf(lo), "up", as_mpf)
+        if lo < 1e-320:
+            return None
     # root of ln delta_T(e^u) - ln delta in u = ln sigma (clamped far below the target)
     u = _solve_decreasing(
         lambda v: max(float_log_delta(math.exp(v)), 4 * log_target_f - 10) - log_target_f,
         math.log(lo), math.log(hi), rel=1e-15)
-    sig = math.exp(u) * (1 + 1e-15)
-    step = 1e-14
-    for _ in range(200):
-        if certified_ok(sig):
-            # a relative margin of 1e-11 (larger sigma only helps) so that re-evaluating the
-            # guarantee at this sigma, itself searched to ~1e-14, lands on the target's safe side
-            return finish(mpf(sig) * (1 + mpf(10) ** -11), "up", as_mpf)
-        sig = math.nextafter(sig * (1 + step), math.inf)
-        step *= 2
-    raise PrecisionError("could not certify a model-clipping sigma")
+    return math.exp(u)
 
 
+def _certified_bisection(ok, lo: float, hi: float) -> float:
+    """Smallest float sigma (to a relative 1e-13) with ok(sigma), ok(hi) true, ok(lo) false."""
+    for _ in range(2000):
+        if hi - lo <= 1e-13 * hi:
+            break
+        mid = math.sqrt(lo * hi) if lo > 0 and hi / lo > 4 else 0.5 * (lo + hi)
+        if lo == 0.0:
+            mid = hi / 16 if hi > 1e-300 else 0.5 * hi
+        if not lo < mid < hi:
+            break
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@entry_point
 def model_clipping_epsilon(sigma, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
-                           noise_after_projection=True, as_mpf=False):
+                           noise_after_projection=True, as_mpf=False, shift_slack=0.0):
     """Smallest eps with delta_T(eps) <= delta for the exact recursion, rounded UP.
 
     delta_T decreases in eps; bisection in float64, then certification in mpmath (nudged up until
@@ -393,7 +499,7 @@ def model_clipping_epsilon(sigma, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamm
     """
     delta_m = check_delta(delta)
     sigma, T, C0, C2, sigma0, extra = _validate(sigma, T, C0, C2, sigma0, C1, gamma, lam,
-                                                noise_after_projection)
+                                                noise_after_projection, shift_slack=shift_slack)
     with mp.workdps(working_digits()):
         log_target = mp.log(delta_m)
     log_target_f = float(log_target)
@@ -407,8 +513,7 @@ def model_clipping_epsilon(sigma, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamm
         return float_log_delta(e) <= log_target_f
 
     def certified_ok(e):
-        value, _ = _certified_log_delta(mpf(e), sigma, C0, C2, sigma0, extra, T)
-        return value <= log_target
+        return _meets(mpf(e), sigma, C0, C2, sigma0, extra, T, log_target)
 
     if certified_ok(0.0):
         return finish(mpf(0), "up", as_mpf)
@@ -429,8 +534,10 @@ def model_clipping_epsilon(sigma, delta, T, C0, C2, *, sigma0=0.0, C1=None, gamm
     raise PrecisionError("could not certify a model-clipping epsilon")
 
 
+@entry_point
 def model_clipping_steps(sigma, eps, delta, C0, C2, *, sigma0=0.0, C1=None, gamma=None, lam=0.0,
-                         noise_after_projection=True, max_steps: int = 10**7) -> int:
+                         noise_after_projection=True, max_steps: int = 10**7,
+                         shift_slack=0.0) -> int:
     """Fewest steps T with delta_T <= delta at eps (exact recursion).
 
     The float recursion proposes T; the mpmath recursion certifies it (T is increased until it
@@ -446,7 +553,8 @@ def model_clipping_steps(sigma, eps, delta, C0, C2, *, sigma0=0.0, C1=None, gamm
     eps_m = check_epsilon(eps)
     delta_m = check_delta(delta)
     sigma, _, C0, C2, sigma0, extra = _validate(sigma, None, C0, C2, sigma0, C1, gamma, lam,
-                                                noise_after_projection, T_required=False)
+                                                noise_after_projection, T_required=False,
+                                                shift_slack=shift_slack)
     max_steps = check_int("max_steps", max_steps, low=1)
     with mp.workdps(working_digits()):
         log_target = mp.log(delta_m)
@@ -455,7 +563,7 @@ def model_clipping_steps(sigma, eps, delta, C0, C2, *, sigma0=0.0, C1=None, gamm
     traj = _trajectory_float(float(eps_m), s, max_steps, float(log_target))
     if traj[-1] > float(log_target):
         raise UnreachableTargetError(
-            f"{max_steps} steps give only delta = exp({traj[-1]:.6g}) > {float(delta_m):.6g}: "
+            f"{max_steps} steps give only delta = exp({format_up(traj[-1])}) > {float(delta_m)!r}: "
             f"raise sigma (or max_steps)", best=min(1.0, math.exp(traj[-1])))
     T = len(traj) - 1
     if T == 0:

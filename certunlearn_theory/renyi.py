@@ -24,18 +24,20 @@ from mpmath import mp, mpf
 
 from ._numerics import (
     GUARD_DIGITS,
+    bracketed_newton,
     check_delta,
     check_epsilon,
     check_int,
     check_nonnegative,
     check_positive,
     check_real,
+    entry_point,
     finish,
     to_float,
     widen,
     working_digits,
 )
-from .divergences import _bracketed_newton, _renyi_coefficient_up
+from .divergences import renyi_coefficient_up
 from .errors import InvalidParameterError
 
 __all__ = ["RenyiCurve", "renyi_to_dp", "renyi_to_delta", "linear_rho_max"]
@@ -107,19 +109,22 @@ class RenyiCurve:
 
     # constructors -----------------------------------------------------------------------------
     @classmethod
+    @entry_point
     def linear(cls, rho) -> "RenyiCurve":
         """The curve ``eps(alpha) = rho * alpha``, ``rho >= 0`` (what amplification by iteration gives)."""
         return cls(_rho=check_nonnegative("rho", rho))
 
     @classmethod
+    @entry_point
     def gaussian(cls, sensitivity, sigma) -> "RenyiCurve":
         """Curve of the Gaussian mechanism: ``alpha * sensitivity^2 / (2 sigma^2)`` (Mironov 2017,
         Proposition 7); the coefficient is rounded up."""
         sensitivity = check_nonnegative("sensitivity", sensitivity)
         sigma = check_positive("sigma", sigma)
-        return cls(_rho=_renyi_coefficient_up(sensitivity, sigma))
+        return cls(_rho=renyi_coefficient_up(sensitivity, sigma))
 
     @classmethod
+    @entry_point
     def from_orders(cls, values: Mapping) -> "RenyiCurve":
         """A curve known at finitely many orders: ``{alpha: eps_alpha}``.
 
@@ -137,6 +142,7 @@ class RenyiCurve:
         return cls(_orders=tuple(sorted(orders.items())))
 
     @classmethod
+    @entry_point
     def from_function(cls, function: Callable) -> "RenyiCurve":
         """A curve given by ``function(alpha) -> eps(alpha)`` for every real ``alpha > 1``.
 
@@ -166,6 +172,7 @@ class RenyiCurve:
         return self._orders is None and not self._functions
 
     # algebra -----------------------------------------------------------------------------------
+    @entry_point
     def __add__(self, other: "RenyiCurve") -> "RenyiCurve":
         if not isinstance(other, RenyiCurve):
             return NotImplemented
@@ -184,6 +191,7 @@ class RenyiCurve:
                     f"{self.orders} and {other.orders}")
         return RenyiCurve(_rho=rho, _orders=orders, _functions=self._functions + other._functions)
 
+    @entry_point
     def __mul__(self, count) -> "RenyiCurve":
         if isinstance(count, RenyiCurve):
             return NotImplemented
@@ -200,6 +208,7 @@ class RenyiCurve:
 
     __rmul__ = __mul__
 
+    @entry_point
     def __call__(self, alpha) -> mpf:
         """``eps(alpha)``; for a curve known at finitely many orders, ``alpha`` must be one of them."""
         a = check_real("alpha", alpha, low=1, low_open=True, allow_inf=False)
@@ -318,7 +327,7 @@ def _linear_dp_order(rho: mpf, log_inv_delta: mpf, conversion: str) -> mpf:
     lo, hi = mp.log(u_low), mp.log(u_high)
     if hi <= lo:
         return _order_from_gap(u_low)
-    v = _bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 12)))
+    v = bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 12)))
     return _order_from_gap(mp.exp(v))
 
 
@@ -336,7 +345,7 @@ def _linear_delta_order(rho: mpf, eps: mpf, conversion: str):
 
     start = mp.log((eps + 1) / (2 * rho))
     lo, hi = _expanding_bracket(g, start, increasing=True)
-    v = _bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 12)))
+    v = bracketed_newton(g, lo, hi, (lo + hi) / 2, mpf(10) ** (-(mp.dps - 12)))
     return _order_from_gap(mp.exp(v))
 
 
@@ -410,6 +419,7 @@ def _renyi_to_dp_mpf(curve: RenyiCurve, delta: mpf, conversion: str):
         return max(best[0], mpf(0)), best[1]
 
 
+@entry_point
 def renyi_to_dp(curve, delta, *, conversion: str = "improved", with_order: bool = False,
                 as_mpf: bool = False):
     """Convert a Renyi-DP curve to an (eps, delta) guarantee: the smallest eps, rounded UP.
@@ -448,6 +458,7 @@ def renyi_to_dp(curve, delta, *, conversion: str = "improved", with_order: bool 
     return result
 
 
+@entry_point
 def renyi_to_delta(curve, eps, *, conversion: str = "improved", with_order: bool = False,
                    as_mpf: bool = False):
     """Convert a Renyi-DP curve to the smallest delta at a given eps, rounded UP.
@@ -545,7 +556,7 @@ def _improved_rho_max(eps: mpf, log_inv_delta: mpf) -> mpf:
     else:
         lo, hi = _expanding_bracket(g, start, increasing=False)
         hi = min(hi, v_top)
-    v = _bracketed_newton(g, lo, hi, start, mpf(10) ** (-(mp.dps // 2)))
+    v = bracketed_newton(g, lo, hi, start, mpf(10) ** (-(mp.dps // 2)))
     # one exact Newton polish is unnecessary: rho is stationary in alpha at the optimum
     u = mp.exp(v)
     alpha = _order_from_gap(u)
@@ -555,6 +566,7 @@ def _improved_rho_max(eps: mpf, log_inv_delta: mpf) -> mpf:
     return value - error
 
 
+@entry_point
 def linear_rho_max(eps, delta, *, conversion: str = "improved", as_mpf: bool = False):
     """Largest rho such that the linear curve ``rho * alpha`` converts to at most eps at delta.
 

@@ -1,4 +1,5 @@
 """Tests of Certificate, issue_certificate, issue_dpsgd_certificate and verify()."""
+import dataclasses
 import json
 
 import pytest
@@ -66,7 +67,7 @@ def test_tampering_is_detected(cert):
 
 def test_immutable():
     cert = CERTS[0]
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cert.eps = 0.5
     with pytest.raises(TypeError):
         cert.parameters["C0"] = 5.0

@@ -10,6 +10,7 @@ import pytest
 
 from certunlearn_theory import (
     classical_gaussian_sigma,
+    format_up,
     gaussian_delta,
     gaussian_epsilon,
     gaussian_sigma,
@@ -30,8 +31,8 @@ def test_gaussian_sigma_text_output_shows_classical_value_below_eps_one(capsys):
     out = capsys.readouterr().out.splitlines()
     sigma = gaussian_sigma(0.5, 1e-5, 2.0)
     classical = classical_gaussian_sigma(0.5, 1e-5, 2.0)
-    assert out[0].startswith(f"sigma = {sigma!r}")
-    assert out[1].startswith(f"classical sigma = {classical!r}")
+    assert out[0].startswith(f"sigma = {format_up(sigma, None)} ")
+    assert out[1].startswith(f"classical sigma = {format_up(classical, None)} ")
     assert f"{classical / sigma:.4f}x" in out[1]
 
 
@@ -54,7 +55,7 @@ def test_gaussian_delta_and_epsilon_commands(capsys):
                       "--sigma", "3")
     assert record["eps"] == gaussian_epsilon(1e-6, 1.0, 3.0)
     assert main(["gaussian-epsilon", "--delta", "1e-6", "--sensitivity", "1", "--sigma", "3"]) == 0
-    assert capsys.readouterr().out.startswith(f"eps = {record['eps']!r}")
+    assert capsys.readouterr().out.startswith(f"eps = {format_up(record['eps'], None)} ")
 
 
 @pytest.mark.parametrize("argv,match", [

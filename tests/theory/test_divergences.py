@@ -69,7 +69,7 @@ def scipy_theta(eps, r):
 
 
 def relative_error(a, b):
-    with mp.workdps(120):
+    with mp.workdps(120), precision(120):
         return abs(mpf(a) - mpf(b)) / abs(mpf(b))
 
 
@@ -85,7 +85,7 @@ FLOAT_RANGE_CASES = [(0.0, 0.5), (0.1, 1.0), (1.0, 1.0), (1.0, 2.0), (1.0, 0.3),
                                                            FLOAT_RANGE_CASES])
 def test_theta_matches_scipy_in_the_float_range(eps, r):
     expected = scipy_theta(eps, r)
-    with mp.workdps(50):
+    with mp.workdps(50), precision(50):
         got = theta(eps, r)
     assert relative_error(got, expected) < 1e-9
 
@@ -109,10 +109,10 @@ INTEGRAL_CASES = [
                                                        INTEGRAL_CASES])
 def test_theta_and_log_theta_match_the_integral_form(eps, r):
     expected_log = quad_log_theta(eps, r, 80)
-    with mp.workdps(50):
+    with mp.workdps(50), precision(50):
         got_log = log_theta(eps, r)
         got = theta(eps, r)
-    with mp.workdps(110):
+    with mp.workdps(110), precision(110):
         assert abs(got_log - expected_log) <= mpf(10) ** -45 * (1 + abs(expected_log))
         assert relative_error(got, mp.exp(expected_log)) < 1e-45
 
@@ -122,7 +122,7 @@ def test_theta_and_log_theta_match_the_integral_form(eps, r):
 def test_theta_matches_the_closed_form_at_high_precision(eps, r):
     # the plain formula at 1000 digits absorbs the cancellation (at most ~400 digits here)
     expected = closed_form_theta(eps, r, 1000)
-    with mp.workdps(60):
+    with mp.workdps(60), precision(60):
         assert relative_error(theta(eps, r), expected) < 1e-55
 
 
@@ -130,23 +130,23 @@ def test_theta_matches_the_closed_form_at_high_precision(eps, r):
 def test_log_theta_beyond_the_range_of_erfc(eps, r):
     # For m >= 1e11 the asymptotic series of Mills' ratio beyond its first term is below
     # 10^-22 relative, and at m >= 1e300 below 10^-600: the leading term is an exact oracle.
-    with mp.workdps(700):
+    with mp.workdps(700), precision(700):
         e, rr = mpf(eps), mpf(r)
         m = e / rr - rr / 2
         leading = -m * m / 2 - mp.log(2 * mp.pi) / 2 + mp.log(1 / m - 1 / (m + rr))
         tolerance = 3 / m ** 2
-    with mp.workdps(50):
+    with mp.workdps(50), precision(50):
         got = log_theta(eps, r)
-    with mp.workdps(700):
+    with mp.workdps(700), precision(700):
         assert abs(got - leading) <= abs(leading) * (tolerance + mpf(10) ** -45)
         assert got < -1e20  # theta < 10^(-10^19)
 
 
 def test_log_theta_near_one_keeps_relative_precision():
     # theta = 1 - 4.5e-14: ln theta ~ -(1 - theta) must keep all its digits
-    with mp.workdps(300):
+    with mp.workdps(300), precision(300):
         expected = mp.log(closed_form_theta(0.1, 15.0, 300))
-    with mp.workdps(50):
+    with mp.workdps(50), precision(50):
         got = log_theta(0.1, 15.0)
     assert relative_error(got, expected) < 1e-45
 
@@ -154,11 +154,11 @@ def test_log_theta_near_one_keeps_relative_precision():
 def test_theta_does_not_round_its_arguments_regression():
     # theta used to round an mpf r to the ambient precision; at m ~ 4e5 that moved ln theta by
     # m^2 * 1e-50 and made gaussian_delta(66, 0.001, 6) fail its two-precision agreement check
-    with mp.workdps(70):
+    with mp.workdps(70), precision(70):
         r = mpf(0.001) / 6
-    with mp.workdps(50):
+    with mp.workdps(50), precision(50):
         low = theta(66, r)
-    with mp.workdps(70):
+    with mp.workdps(70), precision(70):
         high = theta(66, r)
     assert relative_error(low, high) < 1e-48
     assert gaussian_delta(66.0, 0.001, 6.0) == TINY
@@ -166,10 +166,10 @@ def test_theta_does_not_round_its_arguments_regression():
 
 def test_total_variation_at_huge_ratios_regression():
     # erf/erfc overflowed (r = 1e300) or lost the exponent of 1 - theta (r = 2e100)
-    with mp.workdps(50):
+    with mp.workdps(50), precision(50):
         assert theta(0, 2e300) == 1
         x = mpf(1e100)  # r/2; ln(1 - 2Q(x)) = -2Q(x) = -2 phi(x)/x (1 + O(1e-200))
-        with mp.workdps(300):
+        with mp.workdps(300), precision(300):
             expected = -2 * mp.exp(-x * x / 2 - mp.log(2 * mp.pi) / 2) / x
         assert relative_error(log_theta(0, 2e100), expected) < 1e-45
     assert hockey_stick_contraction(0.0, 1.0, 1e300, 1.0) == 1.0
@@ -177,7 +177,7 @@ def test_total_variation_at_huge_ratios_regression():
 
 
 def test_theta_special_values():
-    with mp.workdps(50):
+    with mp.workdps(50), precision(50):
         assert theta(1, mp.inf) == 1
         assert log_theta(1, mp.inf) == 0
         assert theta(mp.inf, 1) == 0
@@ -191,7 +191,7 @@ def test_theta_special_values():
 @given(eps=st.floats(0, 1e4), log_r=st.floats(-8, 8))
 def test_theta_is_a_probability_and_log_theta_agrees(eps, log_r):
     r = 10.0 ** log_r
-    with mp.workdps(30):
+    with mp.workdps(30), precision(30):
         t = theta(eps, r)
         lt = log_theta(eps, r)
         assert 0 <= t <= 1
@@ -241,9 +241,9 @@ def test_gaussian_delta_is_rounded_up_and_tight(eps, log_ratio):
     sigma = 10.0 ** -log_ratio
     got = gaussian_delta(eps, 1.0, sigma)
     with precision(100):
-        with mp.workdps(120):
+        with mp.workdps(120), precision(120):
             exact = theta(eps, 1 / mpf(sigma))
-    with mp.workdps(120):
+    with mp.workdps(120), precision(120):
         assert mpf(got) >= exact
         if exact > mpf(TINY):
             assert math.nextafter(got, 0.0) < exact or got == TINY
@@ -269,7 +269,7 @@ def test_gaussian_delta_scale_invariance(eps, sensitivity, sigma, power, scale):
     scaled = gaussian_delta(eps, sensitivity * scale, sigma * scale)
     if base > 1e-300:
         # the ratio is perturbed by 2 ulps; delta moves by at most d ln delta/d ln r times that
-        with mp.workdps(30):
+        with mp.workdps(30), precision(30):
             r = mpf(sensitivity) / mpf(sigma)
             slope = float(r * mp.exp(-(eps / r - r / 2) ** 2 / 2 - mp.log(2 * mp.pi) / 2
                                      - log_theta(eps, r)))
@@ -318,7 +318,7 @@ def test_dp_accounting_analytic_gaussian_agrees():
 def test_epsilon_round_trip_is_safe_and_tight(log_delta, log_r):
     delta = 10.0 ** log_delta
     r = 10.0 ** log_r
-    with mp.workdps(30):
+    with mp.workdps(30), precision(30):
         assume(theta(0, r) > delta * 1.001)  # otherwise eps = 0 and there is nothing to invert
     eps = gaussian_epsilon(delta, r, 1.0)
     back = gaussian_delta(eps, r, 1.0)
@@ -327,7 +327,7 @@ def test_epsilon_round_trip_is_safe_and_tight(log_delta, log_r):
     # rounded up against a recomputation at twice the precision
     with precision(100):
         exact = gaussian_epsilon(delta, r, 1.0, as_mpf=True)
-    with mp.workdps(120):
+    with mp.workdps(120), precision(120):
         assert mpf(eps) >= exact
         assert mpf(math.nextafter(eps, 0.0)) < exact * (1 + mpf(10) ** -40)
 
@@ -349,14 +349,14 @@ def test_sigma_calibrate_then_evaluate(eps, log_delta, sensitivity):
     # rounded up against a recomputation at twice the precision
     with precision(100):
         exact = gaussian_sigma(eps, delta, sensitivity, as_mpf=True)
-    with mp.workdps(120):
+    with mp.workdps(120), precision(120):
         assert mpf(sigma) >= exact
         assert mpf(math.nextafter(sigma, 0.0)) < exact * (1 + mpf(10) ** -40)
 
 
 def test_max_noise_ratio_is_rounded_down_and_defines_sigma():
     r = max_noise_ratio(1.0, 1e-5)
-    with mp.workdps(80):
+    with mp.workdps(80), precision(80):
         assert theta(1, mpf(r)) <= mpf(1e-5)
         assert theta(1, mpf(math.nextafter(r, math.inf)) * (1 + mpf(10) ** -15)) > mpf(1e-5)
     assert gaussian_sigma(1.0, 1e-5, 2.0) == pytest.approx(2 / r, rel=1e-15)
@@ -382,7 +382,7 @@ def test_sigma_for_huge_eps_regression(eps):
 def test_sigma_for_delta_beyond_the_float_range():
     tiny = mpf(10) ** -1000
     sigma = gaussian_sigma(1.0, tiny, 1.0, as_mpf=True)
-    with mp.workdps(80):
+    with mp.workdps(80), precision(80):
         assert log_theta(1, 1 / sigma) <= mp.log(tiny)
         # sqrt(2 L) is the leading behaviour of sigma for tiny delta
         assert 0.9 < sigma / mp.sqrt(2 * mp.log(1 / tiny)) < 1.1
@@ -403,7 +403,7 @@ def test_classical_sigma_known_answer_and_never_below_analytic(eps, delta):
     classical = classical_gaussian_sigma(eps, delta, 2.0)
     expected = 2.0 * math.sqrt(2 * math.log(1.25 / delta)) / eps
     assert classical == pytest.approx(expected, rel=1e-14)
-    with mp.workdps(60):
+    with mp.workdps(60), precision(60):
         assert mpf(classical) >= 2 * mp.sqrt(2 * mp.log(mpf(1.25) / mpf(delta))) / mpf(eps)
     assert classical >= gaussian_sigma(eps, delta, 2.0)
 
@@ -418,7 +418,7 @@ def test_gaussian_renyi_is_exact_where_representable_and_rounded_up():
     assert gaussian_renyi(2, 1.0, 1.0) == 1.0
     assert gaussian_renyi(3.5, 2.0, 4.0) == 3.5 * 4 / 32
     value = gaussian_renyi(1.5, 1.0, 3.0)
-    with mp.workdps(60):
+    with mp.workdps(60), precision(60):
         assert mpf(value) >= mpf(1.5) / 18
         assert mpf(math.nextafter(value, 0)) < mpf(1.5) / 18
     with pytest.raises(InvalidParameterError, match="alpha"):
@@ -434,7 +434,7 @@ def test_contraction_with_delta_one_is_the_gaussian_profile():
 def test_contraction_matches_direct_formula():
     for eps, delta_in, radius, sigma in [(1.0, 1e-3, 1.0, 1.0), (2.0, 0.3, 0.5, 2.0),
                                          (0.1, 1e-30, 1.0, 1.0)]:
-        with mp.workdps(80):
+        with mp.workdps(80), precision(80):
             e, d = mpf(eps), mpf(delta_in)
             eps_tilde = mp.log(1 + (mp.exp(e) - 1) / d)
             expected = d * mp.exp(quad_log_theta(eps_tilde, 2 * mpf(radius) / sigma, 80))
@@ -450,7 +450,7 @@ def test_contraction_recursion_published_step_counts():
     delta = mpf(1)
     for _ in range(9):
         delta = hockey_stick_contraction(1.0, delta, 1.0, 1.0, as_mpf=True)
-        with mp.workdps(30):
+        with mp.workdps(30), precision(30):
             log10_deltas.append(float(mp.log10(delta)))
     assert log10_deltas[4] > -5 >= log10_deltas[5]
     assert log10_deltas[5] > -10 and log10_deltas[6] <= -20
