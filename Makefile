@@ -1,4 +1,5 @@
 # Everything a fresh clone needs: `make demo` runs the main job, `make test` runs the test suite.
+# `make test` also runs ruff (lint, import order) and mypy (both packages), configured in pyproject.toml.
 # Both create (or reuse) the virtual environment in $(VENV), install torch pinned to the CPU wheel,
 # and install this package editable without build isolation, so the extension builds against that torch.
 
@@ -24,6 +25,8 @@ demo: $(STAMP)
 	$(VENV)/bin/certunlearn demo
 
 test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -78,7 +78,8 @@ def _extensions():
     use_cuda = _want_cuda()
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # Portable flags only: the hot loops pick AVX2 at run time (target_clones), never -march=native.
-    cxx = opt + ["-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas"]
+    cxx = opt + ["-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall",
+                 "-Wno-unknown-pragmas"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     # -fopenmp at compile time only: the OpenMP calls then bind to the runtime torch already
     # loaded (through libtorch_cpu), never to a second libgomp from the build compiler.

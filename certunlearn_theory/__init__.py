@@ -5,15 +5,15 @@ Every public function that returns a guarantee rounds it on the safe side; each 
 which side that is. The mathematical specification is in docs/ and in the module docstrings.
 """
 from ._numerics import DEFAULT_DIGITS, precision, working_digits
-from .errors import InvalidParameterError, PrecisionError, UnreachableTargetError
-from .formatting import format_down, format_up
-from .divergences import *  # noqa: F401,F403
-from .renyi import *  # noqa: F401,F403
 from .amplification import *  # noqa: F401,F403
-from .model_clipping import *  # noqa: F401,F403
-from .dpsgd import *  # noqa: F401,F403
-from .closed_forms import *  # noqa: F401,F403
 from .calibration import *  # noqa: F401,F403
 from .certificate import *  # noqa: F401,F403
+from .closed_forms import *  # noqa: F401,F403
+from .divergences import *  # noqa: F401,F403
+from .dpsgd import *  # noqa: F401,F403
+from .errors import InvalidParameterError, PrecisionError, UnreachableTargetError
+from .formatting import format_down, format_up
+from .model_clipping import *  # noqa: F401,F403
+from .renyi import *  # noqa: F401,F403
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -43,10 +43,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
+
 from mpmath import mp, mpf
 
-from ._numerics import (check_int, check_nonnegative, check_positive, entry_point, finish,
-                        is_sequence, rigorous, to_float, working_digits)
+from ._numerics import (
+    check_int,
+    check_nonnegative,
+    check_positive,
+    entry_point,
+    finish,
+    is_sequence,
+    rigorous,
+    to_float,
+    working_digits,
+)
 from .errors import InvalidParameterError, UnreachableTargetError
 
 __all__ = ["PabiBound", "pabi_bound", "pabi_rho", "pabi_sigma", "pabi_steps", "shift_path"]
@@ -85,10 +96,10 @@ class _Schedule:
     """Validated gradient-clipping run; per-step entries are mpf or lists of mpf."""
     T: int
     C0: mpf
-    C1: object
-    gamma: object
-    lam: object
-    sigma: object
+    C1: Any  # mpf, None (for sigma) or a list of mpf, one per step
+    gamma: Any
+    lam: Any
+    sigma: Any
     sigma0: mpf
     slack: mpf = mpf(0)  # extra additive shift per step (and on the start), e.g. float rounding
 
@@ -190,14 +201,14 @@ def _argmin_loop(sch: _Schedule, unit_sigma: bool) -> int:
             return best_tau
     except (OverflowError, ZeroDivisionError):
         pass
-    best_tau, best = start, None
+    best_tau, best_mp = start, None
     with mp.workdps(20):
         for tau, Z, S in _loop_values(sch, sch.T, unit_sigma):
             if tau < start:
                 continue
             f = _ratio(Z, S)
-            if best is None or f < best:
-                best_tau, best = tau, f
+            if best_mp is None or f < best_mp:
+                best_tau, best_mp = tau, f
     return best_tau
 
 

@@ -31,15 +31,25 @@ from __future__ import annotations
 
 import math
 
-from ._numerics import (check_delta, check_epsilon, check_nonnegative, check_positive,
-                        entry_point, finish, to_float)
+from ._numerics import (
+    check_delta,
+    check_epsilon,
+    check_nonnegative,
+    check_positive,
+    entry_point,
+    finish,
+    to_float,
+)
 from .amplification import pabi_rho, pabi_sigma, pabi_steps
-from .divergences import (classical_gaussian_sigma, gaussian_delta, gaussian_epsilon,
-                          gaussian_sigma)
+from .divergences import classical_gaussian_sigma, gaussian_delta, gaussian_epsilon, gaussian_sigma
 from .errors import InvalidParameterError, UnreachableTargetError
 from .formatting import format_down, format_up
-from .model_clipping import (model_clipping_delta, model_clipping_epsilon, model_clipping_sigma,
-                             model_clipping_steps)
+from .model_clipping import (
+    model_clipping_delta,
+    model_clipping_epsilon,
+    model_clipping_sigma,
+    model_clipping_steps,
+)
 from .renyi import RenyiCurve, linear_rho_max, renyi_to_delta, renyi_to_dp
 
 __all__ = ["METHODS", "noise_for", "epsilon_for", "delta_for", "steps_for",

@@ -19,8 +19,15 @@ from __future__ import annotations
 
 from mpmath import mp, mpf
 
-from ._numerics import (check_delta, check_epsilon, check_int, check_nonnegative, check_positive,
-                        entry_point, working_digits)
+from ._numerics import (
+    check_delta,
+    check_epsilon,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    entry_point,
+    working_digits,
+)
 from .divergences import raw_log_theta
 from .errors import InvalidParameterError
 

@@ -32,12 +32,12 @@ from mpmath import mp, mpf
 from ._numerics import (
     GUARD_DIGITS,
     bracketed_newton,
-    entry_point,
     check_delta,
     check_epsilon,
     check_nonnegative,
     check_positive,
     check_real,
+    entry_point,
     finish,
     rigorous,
     to_float,

@@ -40,8 +40,19 @@ from dataclasses import dataclass
 
 from mpmath import mp, mpf
 
-from ._numerics import (GUARD_DIGITS, check_delta, check_epsilon, check_int, check_positive,
-                        check_real, entry_point, finish, to_float, widen, working_digits)
+from ._numerics import (
+    GUARD_DIGITS,
+    check_delta,
+    check_epsilon,
+    check_int,
+    check_positive,
+    check_real,
+    entry_point,
+    finish,
+    to_float,
+    widen,
+    working_digits,
+)
 from .errors import InvalidParameterError, UnreachableTargetError
 from .renyi import RenyiCurve, renyi_to_delta, renyi_to_dp
 

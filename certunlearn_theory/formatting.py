@@ -122,7 +122,7 @@ def _format(x, digits, up: bool, name: str) -> str:
                 return text
         raise AssertionError("unreachable")  # pragma: no cover
     if isinstance(digits, bool) or not isinstance(digits, numbers.Integral) \
-            or not 1 <= digits <= _MAX_DIGITS:
+            or not 1 <= int(digits) <= _MAX_DIGITS:
         raise InvalidParameterError(f"digits must be an integer between 1 and {_MAX_DIGITS} "
                                     f"(or None), got {digits!r}")
     n, k = _round(v, int(digits), up)

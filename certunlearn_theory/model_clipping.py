@@ -35,11 +35,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from mpmath import mp, mpf
 
-from ._numerics import (check_delta, check_epsilon, check_int, check_nonnegative, check_positive,
-                        entry_point, finish, log_float_up, rigorous, to_float, working_digits)
+from ._numerics import (
+    check_delta,
+    check_epsilon,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    entry_point,
+    finish,
+    log_float_up,
+    rigorous,
+    to_float,
+    working_digits,
+)
 from .divergences import raw_log_theta
 from .errors import InvalidParameterError, PrecisionError, UnreachableTargetError
 from .formatting import format_up
@@ -58,9 +70,9 @@ _ERFC_SAFE = 1000  # mpmath's erfc is used below this argument only
 @dataclass(frozen=True)
 class _Setting:
     """Radii (mean-distance / sigma) of the run and the initial log delta."""
-    log_delta0: object      # mpf
-    r_first: object         # mpf or None: radius of the first step as a Gaussian mechanism
-    r: object               # mpf: radius of every contraction step
+    log_delta0: Any         # mpf
+    r_first: Any            # mpf or None: radius of the first step as a Gaussian mechanism
+    r: Any                  # mpf: radius of every contraction step
     contraction_from: int   # first step index that contracts (0 or 1)
 
 

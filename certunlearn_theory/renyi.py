@@ -18,7 +18,7 @@ known at a finite set of orders are optimised over exactly those orders.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional, Tuple
 
 from mpmath import mp, mpf
 
@@ -97,6 +97,9 @@ class RenyiCurve:
     """
 
     __slots__ = ("_rho", "_orders", "_functions")
+    _rho: mpf
+    _orders: Optional[Tuple[Tuple[mpf, mpf], ...]]
+    _functions: Tuple[Callable, ...]
 
     def __init__(self, *, _rho=mpf(0), _orders=None, _functions=()):
         # an mpf keeps its own precision: mpf(x) would round it to the ambient mp.prec
@@ -203,7 +206,7 @@ class RenyiCurve:
         functions = self._functions * k if k else ()
         if k == 0:
             return RenyiCurve(_rho=mpf(0), _orders=None if orders is None else
-                              tuple((a, mpf(0)) for a, _ in self._orders))
+                              tuple((a, mpf(0)) for a, _ in orders))
         return RenyiCurve(_rho=rho, _orders=orders, _functions=functions)
 
     __rmul__ = __mul__
@@ -267,6 +270,7 @@ def _epsilon_at(eps_alpha: mpf, alpha: mpf, log_inv_delta: mpf, conversion: str)
     if mp.isinf(alpha):
         return eps_alpha, mpf(0)
     u = _gap(alpha)
+    terms: Tuple[mpf, ...]
     if conversion == "mironov":
         terms = (eps_alpha, log_inv_delta / u)
     else:
@@ -279,6 +283,7 @@ def _epsilon_at(eps_alpha: mpf, alpha: mpf, log_inv_delta: mpf, conversion: str)
 def _log_delta_at(eps_alpha: mpf, alpha: mpf, eps: mpf, conversion: str):
     """ln delta from eps(alpha) at one order for the target eps; returns (value, error bound)."""
     u = _gap(alpha)
+    terms: Tuple[mpf, ...]
     if conversion == "mironov":
         terms = (u * eps_alpha, -u * eps)
     else:

@@ -2,4 +2,4 @@
 
 Importing this package is cheap: submodules that need torch are imported on first use.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -8,7 +8,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mpmath import mp, mpf
 from scipy.optimize import minimize
 
@@ -17,7 +18,6 @@ from certunlearn_theory import InvalidParameterError, UnreachableTargetError
 from certunlearn_theory.amplification import pabi_bound, pabi_rho, pabi_sigma, pabi_steps, shift_path
 
 from ..hypothesis_budget import examples
-
 
 # ----------------------------------------------------------------------------------------------
 # Independent oracles

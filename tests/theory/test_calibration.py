@@ -6,12 +6,19 @@ limits are hypothesis properties; the output-perturbation level is checked again
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import norm
 
-from certunlearn_theory import (InvalidParameterError, UnreachableTargetError, delta_for,
-                                epsilon_for, noise_for, output_perturbation_classical_sigma,
-                                steps_for)
+from certunlearn_theory import (
+    InvalidParameterError,
+    UnreachableTargetError,
+    delta_for,
+    epsilon_for,
+    noise_for,
+    output_perturbation_classical_sigma,
+    steps_for,
+)
 
 from ..hypothesis_budget import examples
 

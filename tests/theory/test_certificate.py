@@ -3,10 +3,18 @@ import dataclasses
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from certunlearn_theory import (Certificate, InvalidParameterError, dpsgd_epsilon, epsilon_for,
-                                issue_certificate, issue_dpsgd_certificate, noise_for)
+from certunlearn_theory import (
+    Certificate,
+    InvalidParameterError,
+    dpsgd_epsilon,
+    epsilon_for,
+    issue_certificate,
+    issue_dpsgd_certificate,
+    noise_for,
+)
 
 from ..hypothesis_budget import examples
 

@@ -1,13 +1,11 @@
 """Tests of the noise-for / epsilon-for / delta-for / steps-for subcommands."""
 import subprocess
 import sys
+from decimal import Decimal
 
 import pytest
 
-from decimal import Decimal
-
-from certunlearn_theory import (Certificate, delta_for, epsilon_for, format_up, noise_for,
-                                precision, steps_for)
+from certunlearn_theory import Certificate, delta_for, epsilon_for, format_up, noise_for, precision, steps_for
 from certunlearn_theory.cli import main
 
 GC = ["--C0", "1", "--C1", "1", "--gamma", "0.01"]
@@ -96,7 +94,7 @@ def test_digits_option(capsys):
         with precision(digits):
             expected = noise_for(1.0, 1e-5, 100, 1.0, 1.0, 0.01)
         assert printed(out, "sigma") == format_up(expected, None)
-        assert f"T=100, eps=1.0, delta=1e-05; rounded up" in out
+        assert "T=100, eps=1.0, delta=1e-05; rounded up" in out
 
 
 def test_console_script_imports_no_torch():

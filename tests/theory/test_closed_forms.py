@@ -6,12 +6,24 @@ and sometimes unsound; the library never hands out their numbers as guarantees.
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from certunlearn_theory import (InvalidParameterError, epsilon_for, linear_rho_max, noise_for,
-                                renyi_to_dp, RenyiCurve)
-from certunlearn_theory.closed_forms import (paper_model_clipping_steps, paper_rho,
-                                             paper_sigma_regularized, paper_sigma_unregularized,
-                                             tv_model_clipping_steps)
+from certunlearn_theory import (
+    InvalidParameterError,
+    RenyiCurve,
+    epsilon_for,
+    linear_rho_max,
+    noise_for,
+    renyi_to_dp,
+)
+from certunlearn_theory.closed_forms import (
+    paper_model_clipping_steps,
+    paper_rho,
+    paper_sigma_regularized,
+    paper_sigma_unregularized,
+    tv_model_clipping_steps,
+)
 
 from ..hypothesis_budget import examples
 
@@ -91,8 +103,6 @@ def test_conditions_refused():
     with pytest.raises(InvalidParameterError, match="lam must be > 0"):
         paper_sigma_regularized(1.0, 1e-5, 10, 1.0, 1.0, 0.1, 0.0)
 
-
-from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
 @settings(max_examples=examples(25))

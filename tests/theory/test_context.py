@@ -7,7 +7,8 @@ precision, and the caller's ``mp.dps``/``mp.prec`` is restored on the way out.
 import inspect
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mpmath import mp, mpf
 
 import certunlearn_theory as ct

@@ -9,13 +9,20 @@ section 7. Only the tests that need dp_accounting skip without it.
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mpmath import mp, mpf
 
 from certunlearn_theory import InvalidParameterError, UnreachableTargetError
-from certunlearn_theory.dpsgd import (DPSGD_ORDERS, dpsgd_bound, dpsgd_epsilon,
-                                      dpsgd_noise_multiplier, group_privacy, group_split,
-                                      subsampled_gaussian_rdp)
+from certunlearn_theory.dpsgd import (
+    DPSGD_ORDERS,
+    dpsgd_bound,
+    dpsgd_epsilon,
+    dpsgd_noise_multiplier,
+    group_privacy,
+    group_split,
+    subsampled_gaussian_rdp,
+)
 
 from ..hypothesis_budget import examples
 

@@ -7,15 +7,20 @@ total-variation bounds (which must never be tighter), and scipy in float64 where
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mpmath import mp, mpf
 
 import certunlearn_theory as ct
 from certunlearn_theory import InvalidParameterError, UnreachableTargetError
 from certunlearn_theory.closed_forms import paper_model_clipping_steps, tv_model_clipping_steps
-from certunlearn_theory.model_clipping import (model_clipping_bound, model_clipping_delta,
-                                               model_clipping_epsilon, model_clipping_sigma,
-                                               model_clipping_steps)
+from certunlearn_theory.model_clipping import (
+    model_clipping_bound,
+    model_clipping_delta,
+    model_clipping_epsilon,
+    model_clipping_sigma,
+    model_clipping_steps,
+)
 
 from ..hypothesis_budget import examples
 

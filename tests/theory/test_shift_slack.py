@@ -4,7 +4,8 @@ Gradient clipping: s_t = 2 gamma C1 + slack and Z_0 = 2 C0 + slack; model clippi
 diameters 2 C0 + slack and 2 C2 + slack; output perturbation: the sensitivity 2 C0 + slack.
 """
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mpmath import mp, mpf
 
 import certunlearn_theory as ct
