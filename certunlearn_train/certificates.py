@@ -618,6 +618,11 @@ class RunCertificate:
             if key not in acct_keys and key not in _DERIVED.get(self.method, ()):
                 not_checked[f"parameters.{key}"] = "describes the run; does not enter the " \
                                                    "guarantee"
+        if self.method == "gradient_clipping" and "shift_slack" in self.parameters \
+                and "parameters.batch_size" in not_checked:
+            not_checked["parameters.batch_size"] = (
+                "describes the run; enters only the float32 shift slack, recomputed from it "
+                "(the batch size actually used is not checked)")
         if self.method == "gradient_clipping" and "d" in self.parameters:
             not_checked["parameters.d"] = ("the number of private parameters, from which the "
                                            "float32 shift slack is recomputed (the model's "
@@ -759,12 +764,6 @@ class RunCertificate:
             if not _is_num(acct_delta) or not 0 < acct_delta < 1:
                 raise CertificateError(f"accountant.delta must be a number in (0, 1), got "
                                        f"{acct_delta!r}")
-            if not same_value(self.delta, run_delta(acct_delta, tail)):
-                raise CertificateError(
-                    f"delta = {self.delta!r} is not the accountant's delta {acct_delta!r} plus "
-                    f"parameters.float32_tail_delta = {tail!r} (rounded up: "
-                    f"{run_delta(acct_delta, tail)!r})")
-        self._check_float32_slack()
         try:
             fresh = _issue(self.method, self.sigma, self.eps, acct_delta, self.parameters)
         except KeyError as exc:
@@ -795,6 +794,12 @@ class RunCertificate:
             except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
                 raise CertificateError(f"the accountant's certificate does not verify: {exc}") \
                     from None
+        if tail is not None and not same_value(self.delta, run_delta(acct_delta, tail)):
+            raise CertificateError(
+                f"the accountant cannot reproduce delta = {self.delta!r}: the accountant's delta "
+                f"{acct_delta!r} plus parameters.float32_tail_delta = {tail!r} is "
+                f"{run_delta(acct_delta, tail)!r} (rounded up)")
+        self._check_float32_slack()
         if self.method == "dpsgd_group":
             self._check_dpsgd()
 
