@@ -759,11 +759,13 @@ class RunCertificate:
                                    "accountant does not write")
         tail = self.parameters.get("float32_tail_delta") \
             if self.method == "gradient_clipping" else None
-        acct_delta = self.delta if tail is None else self.accountant.get("delta")
+        acct_delta: float = self.delta
         if tail is not None:
-            if not _is_num(acct_delta) or not 0 < acct_delta < 1:
+            recorded_delta = self.accountant.get("delta")
+            if not _is_num(recorded_delta) or not 0 < recorded_delta < 1:
                 raise CertificateError(f"accountant.delta must be a number in (0, 1), got "
-                                       f"{acct_delta!r}")
+                                       f"{recorded_delta!r}")
+            acct_delta = recorded_delta
         try:
             fresh = _issue(self.method, self.sigma, self.eps, acct_delta, self.parameters)
         except KeyError as exc:
