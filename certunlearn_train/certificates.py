@@ -278,8 +278,11 @@ def float32_shift_slack(*, sigma: float, T: int, d: int, C0: float, C1: float, g
     c = max(1.0, abs(1.0 - gamma * lam))
     if c == 1.0:
         geo, geo2, cT = float(T), float(T), 1.0
-    else:
-        cT = c ** T
+    else:  # gamma lam > 2: the iterates may grow geometrically
+        try:
+            cT = c ** T
+        except OverflowError:
+            cT = math.inf
         geo = (cT - 1.0) / (c - 1.0)
         geo2 = (cT * cT - 1.0) / (c * c - 1.0)
     log_ratio = math.log(2.0 * T) + eps + math.log1p(math.exp(-eps)) - math.log(delta_tail)

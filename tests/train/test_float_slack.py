@@ -195,6 +195,21 @@ def test_slack_is_monotone(sigma, T, d, lam, k):
     assert C.float32_shift_slack(**dict(base, delta_tail=1e-9)) >= s0
 
 
+def test_growing_iterates_known_answer_and_overflow():
+    # gamma lam = 3: c = 2, so B = C0 2^T + gamma C1 (2^T - 1) + sigma sqrt((4^T - 1)/3) (...)
+    T, sigma, tail = 10, 0.5, 1e-8
+    x = math.log(2 * T * (1 + math.e) / tail)
+    norm = 1.0 * 2 ** T + 0.05 * 0.1 * (2 ** T - 1) \
+        + sigma * math.sqrt((4 ** T - 1) / 3) * (math.sqrt(100) + math.sqrt(2 * x))
+    ref = 6 * U * norm + 2 * 34 * U * 0.05 * 0.1
+    got = C.float32_shift_slack(sigma=sigma, T=T, d=100, C0=1.0, C1=0.1, gamma=0.05, lam=60.0,
+                                eps=1.0, delta_tail=tail, batch_size=32)
+    assert ref <= got <= ref * (1 + 4e-3)
+    with pytest.raises(ValueError, match="not finite"):
+        C.float32_shift_slack(sigma=sigma, T=10**5, d=100, C0=1.0, C1=0.1, gamma=0.05,
+                              lam=60.0, eps=1.0, delta_tail=tail, batch_size=32)
+
+
 def test_projection_methods_record_and_check_their_slack():
     model, x, y = tiny_problem()
     _, mc = unlearn(model, (x, y), eps=1.0, delta=1e-5, method="model_clipping", C0=0.5,
