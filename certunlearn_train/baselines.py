@@ -24,7 +24,7 @@ from torch import nn
 
 from . import distributed
 from ._flat import GradientSource
-from .certificates import RunCertificate, build_run_certificate, weights_sha256
+from .certificates import PROJECTION_SLACK, RunCertificate, build_run_certificate, weights_sha256
 from .checks import MAX_STEPS, check_int, check_real
 from .models import check_buffers_constant
 from .train import (
@@ -123,12 +123,14 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
                         epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
                         seed: Optional[int] = None, device=None, inplace: bool = False,
                         progress: bool = True) -> Tuple[nn.Module, RunCertificate]:
-    """Clip the private parameters to C0, add N(0, sigma^2 I) to them with sigma = 2 C0 / r*, then
+    """Clip the private parameters to C0, add N(0, sigma^2 I) to them with sigma = (2 C0 + s) / r*, then
     optional fine-tuning of the private parameters (batches of ``finetune_batch_size``, default
     ``batch_size``).
 
     r* = sup{r : theta_eps(r) <= delta} is the analytic Gaussian calibration
-    (``certunlearn_theory.noise_for(..., method="output_perturbation")``, sigma rounded up).
+    (``certunlearn_theory.noise_for(..., method="output_perturbation")``, sigma rounded up), and
+    s = 2^-19 C0 covers the float32 rounding of the clip (THEORY.md section 8.1; recorded as
+    ``shift_slack``).
     """
     import certunlearn_theory as ct
 
@@ -149,7 +151,9 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
     n = len(y)
     if finetune_epochs > 0:
         steps_for_epochs(finetune_epochs, n, finetune_batch_size, "finetune_epochs")
-    sigma = float(ct.noise_for(eps, delta, 0, C0, None, None, method="output_perturbation"))
+    slack = PROJECTION_SLACK * C0  # the clip to C0 runs in float32 (THEORY.md section 8.1)
+    sigma = float(ct.noise_for(eps, delta, 0, C0, None, None, method="output_perturbation",
+                               shift_slack=slack))
     modes = save_modes(model)
     model, flat, sha_before = working_copy(model, inplace, device, priv)
     modes = list(zip(model.modules(), [m for _, m in modes]))
@@ -179,7 +183,8 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
     check_finite_model(model, "output perturbation")
     params = dict(steps=0, C0=C0, C1=None, lr=None, lam=0.0, C2=None, sigma0=0.0,
                   batch_size=int(batch_size), finetune_epochs=float(finetune_epochs),
-                  finetune_lr=finetune_lr, world_size=distributed.world_size())
+                  finetune_lr=finetune_lr, world_size=distributed.world_size(),
+                  shift_slack=slack)
     if finetune_epochs > 0 and finetune_batch_size != batch_size:
         params["finetune_batch_size"] = finetune_batch_size
     cert = build_run_certificate(

@@ -42,7 +42,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, TypeGuard
 __all__ = ["RunCertificate", "CertificateError", "VerifyReport", "build_run_certificate",
            "weights_sha256", "public_parameters_record", "atomic_write_bytes", "same_value",
            "canonical_bytes", "verify_chain", "FORMAT", "FORMAT_V1", "RUN_METHODS",
-           "ACCOUNTED_METHODS", "METHOD_ALIASES"]
+           "ACCOUNTED_METHODS", "METHOD_ALIASES", "float32_shift_slack", "split_tail_delta",
+           "run_delta", "FLOAT32_U", "TAIL_DELTA_SHARE", "PROJECTION_SLACK"]
 
 FORMAT = "certunlearn.run/2"
 FORMAT_V1 = "certunlearn.run/1"
@@ -224,12 +225,83 @@ def _clip_mode(v):
     return None if v in ("batch", "per_sample") else "'batch' or 'per_sample'"
 
 
+#: Unit roundoff of float32 round-to-nearest (THEORY.md section 8.1).
+FLOAT32_U = 2.0 ** -24
+#: Share of the target delta spent on the event that an iterate norm exceeds its a-priori bound.
+TAIL_DELTA_SHARE = 2.0 ** -10
+#: Relative shift slack of the projection-only methods (model clipping: times C2; output
+#: perturbation: times C0): a diameter 2C(1 + 2^-20) covers up to 16 float32 roundings.
+PROJECTION_SLACK = 2.0 ** -19
+_SAFETY = 1.0 + 2.0 ** -10  # on the float evaluation of the slack formula
+
+
+def _up(x: float) -> float:
+    return math.nextafter(x, math.inf)
+
+
+def split_tail_delta(delta: float) -> Tuple[float, float]:
+    """``(delta_accountant, delta_tail)`` for a gradient-clipping target ``delta``.
+
+    ``delta_tail = delta * 2^-10`` bounds the probability that an iterate leaves the a-priori
+    ball of :func:`float32_shift_slack`; ``delta_accountant`` is ``delta - delta_tail`` rounded
+    down, so that ``run_delta(delta_accountant, delta_tail) <= delta``.
+    """
+    from fractions import Fraction
+    tail = float(delta) * TAIL_DELTA_SHARE
+    acct = float(delta) - tail
+    while Fraction(acct) + Fraction(tail) > Fraction(delta):
+        acct = math.nextafter(acct, 0.0)
+    return acct, tail
+
+
+def run_delta(delta_accountant: float, delta_tail: float) -> float:
+    """``delta_accountant + delta_tail`` rounded up to a float (the run's delta)."""
+    from fractions import Fraction
+    s = delta_accountant + delta_tail
+    if Fraction(s) < Fraction(delta_accountant) + Fraction(delta_tail):
+        s = _up(s)
+    return s
+
+
+def float32_shift_slack(*, sigma: float, T: int, d: int, C0: float, C1: float, gamma: float,
+                        lam: float, eps: float, delta_tail: float, batch_size: int) -> float:
+    """Per-step shift slack covering float32 rounding in gradient clipping (THEORY.md 8.1).
+
+    With probability at least ``1 - delta_tail / (1 + e^eps)`` every iterate of both coupled
+    runs has norm at most ``B = C0 c^T + gamma C1 sum_{k<T} c^k + sigma sqrt(sum_{k<T} c^(2k))
+    (sqrt(d) + sqrt(2x))`` with ``c = max(1, |1 - gamma lam|)`` and
+    ``x = ln(2 T (1 + e^eps) / delta_tail)`` (Laurent-Massart, union bound over T steps and two
+    runs). On that event one step's rounding moves the coupled shift by at most
+    ``6 u B + 2 (batch_size + 2) u gamma C1``, u = 2^-24; the result carries a relative
+    safety factor 1 + 2^-10 on its float evaluation and is rounded up.
+    """
+    c = max(1.0, abs(1.0 - gamma * lam))
+    if c == 1.0:
+        geo, geo2, cT = float(T), float(T), 1.0
+    else:  # gamma lam > 2: the iterates may grow geometrically
+        try:
+            cT = c ** T
+        except OverflowError:
+            cT = math.inf
+        geo = (cT - 1.0) / (c - 1.0)
+        geo2 = (cT * cT - 1.0) / (c * c - 1.0)
+    log_ratio = math.log(2.0 * T) + eps + math.log1p(math.exp(-eps)) - math.log(delta_tail)
+    x = log_ratio * _SAFETY
+    norm = (C0 * cT + gamma * C1 * geo
+            + sigma * math.sqrt(geo2) * (math.sqrt(d) + math.sqrt(2.0 * x))) * _SAFETY
+    slack = (6.0 * FLOAT32_U * norm + 2.0 * (batch_size + 2) * FLOAT32_U * gamma * C1) * _SAFETY
+    if not math.isfinite(slack):
+        raise ValueError(f"the float32 shift slack is not finite for sigma={sigma!r}, T={T!r}, "
+                         f"d={d!r}, C0={C0!r}, C1={C1!r}, gamma={gamma!r}, lam={lam!r}")
+    return _up(slack)
+
+
 _FINETUNE = {"batch_size": _pos_int, "finetune_epochs": _nonneg, "finetune_lr": _opt_pos,
              "finetune_batch_size": _pos_int}
 #: Parameters recorded for each method that do not enter the accountant (checked for type and
 #: range only); every other parameter must be one the accountant records.
 _RUN_ONLY = {
-    "gradient_clipping": dict(_FINETUNE, clip=_clip_mode),
+    "gradient_clipping": dict(_FINETUNE, clip=_clip_mode, float32_tail_delta=_pos, d=_pos_int),
     "model_clipping": dict(_FINETUNE, clip=_clip_mode, C1=_opt_pos, gamma=_pos, lam=_nonneg),
     "output_perturbation": dict(_FINETUNE),
     "dpsgd_group": {"clip": _pos, "gamma": _pos, "expected_batch_size": _pos_int,
@@ -240,7 +312,7 @@ for _schema in _RUN_ONLY.values():  # processes of a data-parallel run (1: one p
     _schema["world_size"] = _pos_int
 #: Run-only parameters a certificate may leave out (recorded only when they differ from a default,
 #: or absent from certificates written before they existed).
-_OPTIONAL_RUN = frozenset({"finetune_batch_size", "world_size"})
+_OPTIONAL_RUN = frozenset({"finetune_batch_size", "world_size", "float32_tail_delta", "d"})
 #: Names of format certunlearn.run/1 (and of the callers) -> this format's (the accountant's).
 _PARAM_RENAMES = {"lr": "gamma", "steps": "T"}
 
@@ -262,17 +334,20 @@ def _issue(method: str, sigma, eps, delta, p: Mapping[str, Any]):
     if method == "dpsgd_group":
         return ct.issue_dpsgd_certificate(p["noise_multiplier"], p["sampling_rate"], p["steps"],
                                           delta, group_size=p["group_size"], eps=eps)
+    slack = p.get("shift_slack", 0.0)
     if method == "output_perturbation":
         return ct.issue_certificate(sigma, delta, None, p["C0"], None, None, method=method,
-                                    eps=eps)
+                                    eps=eps, shift_slack=slack)
     if method == "gradient_clipping":
         return ct.issue_certificate(sigma, delta, p["T"], p["C0"], p["C1"], p["gamma"],
                                     p["lam"], method=method, sigma0=p["sigma0"], eps=eps,
-                                    conversion=p.get("conversion", "improved"))
+                                    conversion=p.get("conversion", "improved"),
+                                    shift_slack=slack)
     return ct.issue_certificate(sigma, delta, p["T"], p["C0"], p.get("C1"), p.get("gamma"),
                                 p.get("lam", 0.0), method=method, C2=p["C2"],
                                 sigma0=p["sigma0"], eps=eps,
-                                noise_after_projection=p.get("noise_after_projection", True))
+                                noise_after_projection=p.get("noise_after_projection", True),
+                                shift_slack=slack)
 
 
 def _acct_keys(acct_params: Mapping[str, Any]) -> List[str]:
@@ -334,9 +409,16 @@ def build_run_certificate(*, method: str, sigma: Optional[float], eps: float, de
         params = _normalise_params(method, parameters, None)
     else:
         renamed = _rename_params(method, parameters)
-        acct_obj = _issue(method, sigma, eps, delta, renamed)
+        tail = renamed.get("float32_tail_delta") if method == "gradient_clipping" else None
+        acct_delta = delta if tail is None else split_tail_delta(delta)[0]
+        if tail is not None and not same_value(tail, split_tail_delta(delta)[1]):
+            raise CertificateError(f"parameters.float32_tail_delta = {tail!r} is not delta * "
+                                   f"2^-10 = {split_tail_delta(delta)[1]!r}")
+        acct_obj = _issue(method, sigma, eps, acct_delta, renamed)
         acct = acct_obj.to_dict()
         eps_c, delta_c, sigma = float(acct_obj.eps), float(acct_obj.delta), float(acct_obj.sigma)
+        if tail is not None:
+            delta_c = run_delta(delta_c, tail)
         params = _normalise_params(method, renamed, acct["parameters"])
     cert = RunCertificate(
         method=method, eps=eps_c, delta=delta_c, sigma=sigma, parameters=params,
@@ -529,12 +611,25 @@ class RunCertificate:
         else:
             self._verify_accounted()
             recomputed = True
+        if not self.float32_accounted():
+            not_checked["float32_rounding"] = (
+                "float32 rounding not accounted (issued before the shift slack of THEORY.md "
+                "section 8.1 was recorded): the guarantee assumes exact arithmetic")
         acct_keys = set() if self.accountant is None else \
             set(_acct_keys(self.accountant["parameters"]))
         for key in self.parameters:
             if key not in acct_keys and key not in _DERIVED.get(self.method, ()):
                 not_checked[f"parameters.{key}"] = "describes the run; does not enter the " \
                                                    "guarantee"
+        if self.method == "gradient_clipping" and "shift_slack" in self.parameters \
+                and "parameters.batch_size" in not_checked:
+            not_checked["parameters.batch_size"] = (
+                "describes the run; enters only the float32 shift slack, recomputed from it "
+                "(the batch size actually used is not checked)")
+        if self.method == "gradient_clipping" and "d" in self.parameters:
+            not_checked["parameters.d"] = ("the number of private parameters, from which the "
+                                           "float32 shift slack is recomputed (the model's "
+                                           "parameter count is not checked)")
         model_checked = False
         if model is not None:
             state = model.state_dict() if hasattr(model, "state_dict") else model
@@ -665,8 +760,17 @@ class RunCertificate:
         if not same_value(recorded.to_dict(), dict(self.accountant)):
             raise CertificateError("the accountant's record holds fields or values the "
                                    "accountant does not write")
+        tail = self.parameters.get("float32_tail_delta") \
+            if self.method == "gradient_clipping" else None
+        acct_delta: float = self.delta
+        if tail is not None:
+            recorded_delta = self.accountant.get("delta")
+            if not _is_num(recorded_delta) or not 0 < recorded_delta < 1:
+                raise CertificateError(f"accountant.delta must be a number in (0, 1), got "
+                                       f"{recorded_delta!r}")
+            acct_delta = recorded_delta
         try:
-            fresh = _issue(self.method, self.sigma, self.eps, self.delta, self.parameters)
+            fresh = _issue(self.method, self.sigma, self.eps, acct_delta, self.parameters)
         except KeyError as exc:
             raise CertificateError(f"parameters lack {exc.args[0]!r}") from None
         except (ValueError, TypeError, ArithmeticError) as exc:
@@ -679,7 +783,7 @@ class RunCertificate:
                 raise CertificateError(
                     f"the accountant's record does not match the run: accountant.{key} is "
                     f"{r.get(key)!r}, the run's values give {f[key]!r}")
-        for key in ("sigma", "eps", "delta"):
+        for key in ("sigma", "eps") if tail is not None else ("sigma", "eps", "delta"):
             if not same_value(getattr(self, key), r.get(key)):
                 raise CertificateError(f"{key} = {getattr(self, key)!r} differs from the "
                                        f"accountant's {r.get(key)!r}")
@@ -695,8 +799,65 @@ class RunCertificate:
             except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
                 raise CertificateError(f"the accountant's certificate does not verify: {exc}") \
                     from None
+        if tail is not None and not same_value(self.delta, run_delta(acct_delta, tail)):
+            raise CertificateError(
+                f"the accountant cannot reproduce delta = {self.delta!r}: the accountant's delta "
+                f"{acct_delta!r} plus parameters.float32_tail_delta = {tail!r} is "
+                f"{run_delta(acct_delta, tail)!r} (rounded up)")
+        self._check_float32_slack()
         if self.method == "dpsgd_group":
             self._check_dpsgd()
+
+    def float32_accounted(self) -> bool:
+        """Whether the guarantee covers float32 rounding (a recorded shift slack, THEORY 8.1)."""
+        if self.method in ("dpsgd_group", "retrain"):
+            return True  # DP-SGD's accountant does not use the shift argument
+        return "shift_slack" in self.parameters
+
+    def _check_float32_slack(self) -> None:
+        """Refuse a recorded shift slack below what float32 rounding needs (THEORY.md 8.1)."""
+        p = self.parameters
+        if self.method == "gradient_clipping":
+            has = [k for k in ("shift_slack", "float32_tail_delta", "d") if k in p]
+            if not has:
+                return  # issued before the slack was recorded: listed in not_checked
+            if len(has) != 3:
+                raise CertificateError(
+                    "parameters.shift_slack, float32_tail_delta and d go together (the slack is "
+                    f"recomputed from them); the certificate gives only {', '.join(has)}")
+            for key, check in (("shift_slack", _pos), ("float32_tail_delta", _pos),
+                               ("d", _pos_int)):
+                problem = check(p[key])
+                if problem:
+                    raise CertificateError(f"parameters.{key} must be {problem}, got "
+                                           f"{p[key]!r}")
+            for key in ("T", "C0", "C1", "gamma", "lam", "batch_size"):
+                if not _is_num(p.get(key)):
+                    raise CertificateError(f"parameters.{key} must be a number, got "
+                                           f"{p.get(key)!r}")
+            if not isinstance(self.sigma, float) and not isinstance(self.sigma, int):
+                raise CertificateError(f"sigma must be a number, got {self.sigma!r}")
+            try:
+                need = float32_shift_slack(
+                    sigma=self.sigma, T=p["T"], d=p["d"], C0=p["C0"], C1=p["C1"],
+                    gamma=p["gamma"], lam=p["lam"], eps=self.eps,
+                    delta_tail=p["float32_tail_delta"], batch_size=p["batch_size"])
+            except (ValueError, OverflowError) as exc:
+                raise CertificateError(f"cannot recompute the float32 shift slack: {exc}") \
+                    from None
+        elif self.method in ("model_clipping", "output_perturbation"):
+            if "shift_slack" not in p:
+                return
+            radius = p.get("C2") if self.method == "model_clipping" else p.get("C0")
+            if not _is_num(radius):
+                return  # the schema check reports it
+            need = PROJECTION_SLACK * radius
+        else:
+            return
+        if not _is_num(p["shift_slack"]) or not p["shift_slack"] >= need:
+            raise CertificateError(
+                f"parameters.shift_slack = {p['shift_slack']!r} is below the float32 rounding "
+                f"bound {need!r} recomputed from the run's parameters (THEORY.md section 8.1)")
 
     def _check_dpsgd(self) -> None:
         p = self.parameters
@@ -725,7 +886,8 @@ class RunCertificate:
 
 
 #: Run-only parameters that verify checks by consistency (DP-SGD sizes and sampling rate).
-_DERIVED = {"dpsgd_group": ("expected_batch_size", "train_size")}
+_DERIVED = {"dpsgd_group": ("expected_batch_size", "train_size"),
+            "gradient_clipping": ("float32_tail_delta",)}
 
 
 def _from_v1(data: Mapping[str, Any]) -> Dict[str, Any]:

@@ -65,16 +65,30 @@ def test_certificate_numbers_recomputed_by_accountant(method, extra):
     out, cert = unlearn(model, (x, y), eps=EPS, delta=DELTA, method=method, C0=0.5, lr=0.1,
                         steps=8, batch_size=8, progress=False, **extra)
     p = cert.parameters
-    sigma = ct.noise_for(EPS, DELTA, 8, 0.5, extra.get("C1"), 0.1, extra.get("lam", 0.0),
-                         method=method, C2=extra.get("C2"), sigma0=0.0)
+    # the accountant's share of delta and the float32 shift slack (THEORY.md section 8.1)
+    if method == "gradient_clipping":
+        acct_delta, tail = C.split_tail_delta(DELTA)
+        slack = C.float32_shift_slack(sigma=cert.sigma, T=8, d=p["d"], C0=0.5, C1=extra["C1"],
+                                      gamma=0.1, lam=extra.get("lam", 0.0), eps=EPS,
+                                      delta_tail=tail, batch_size=8)
+        assert p["shift_slack"] >= slack and p["float32_tail_delta"] == tail
+        assert p["d"] == sum(q.numel() for q in model.parameters())
+    else:
+        acct_delta, tail = DELTA, 0.0
+        assert p["shift_slack"] == 2.0 ** -19 * extra["C2"]
+    slack = p["shift_slack"]
+    sigma = ct.noise_for(EPS, acct_delta, 8, 0.5, extra.get("C1"), 0.1, extra.get("lam", 0.0),
+                         method=method, C2=extra.get("C2"), sigma0=0.0, shift_slack=slack)
     assert cert.sigma == float(sigma)
-    eps_back = ct.epsilon_for(cert.sigma, DELTA, p["T"], p["C0"], p.get("C1"), p["gamma"],
-                              p["lam"], method=method, C2=p.get("C2"), sigma0=p["sigma0"])
-    assert float(eps_back) <= EPS and cert.epsilon <= EPS and cert.delta == DELTA
+    eps_back = ct.epsilon_for(cert.sigma, acct_delta, p["T"], p["C0"], p.get("C1"), p["gamma"],
+                              p["lam"], method=method, C2=p.get("C2"), sigma0=p["sigma0"],
+                              shift_slack=slack)
+    assert float(eps_back) <= EPS and cert.epsilon <= EPS
+    assert acct_delta + tail <= cert.delta <= DELTA
     assert float(eps_back) > 0.99 * EPS  # calibrated, not merely safe
-    fresh = ct.issue_certificate(cert.sigma, DELTA, 8, 0.5, extra.get("C1"), 0.1,
+    fresh = ct.issue_certificate(cert.sigma, acct_delta, 8, 0.5, extra.get("C1"), 0.1,
                                  extra.get("lam", 0.0), method=method, C2=extra.get("C2"),
-                                 sigma0=0.0, eps=EPS)
+                                 sigma0=0.0, eps=EPS, shift_slack=slack)
     assert fresh.to_dict() == cert.accountant
     assert cert.retain_size == 24 and cert.model_sha256_after == C.weights_sha256(out)
     assert cert.model_sha256_before == C.weights_sha256(model)
