@@ -20,6 +20,7 @@ from typing import List
 
 from certunlearn_theory import cli as theory_cli
 
+from .checks import int_problem, real_problem
 from .experiments import cli as experiments_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_VERIFIABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -60,11 +61,10 @@ def _int_type(low, high):
         try:
             value = int(text)
         except (TypeError, ValueError):
-            value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(
-                f"must be an integer >= {low}{'' if high is None else f' and <= {high}'}, got "
-                f"{text!r}")
+            value = text  # refused below as not an integer
+        problem = int_problem(value, low=low, high=high, allow_float=False)
+        if problem:
+            raise argparse.ArgumentTypeError(f"must be {problem}, got {text!r}")
         return value
     parse.__name__ = "integer"
     return parse
@@ -76,17 +76,11 @@ def _float_type(low=None, high=None, low_open=True, high_open=False):
             value = float(text)
         except (TypeError, ValueError):
             value = math.nan
-        ok = math.isfinite(value)
-        if ok and low is not None:
-            ok = value > low if low_open else value >= low
-        if ok and high is not None:
-            ok = value < high if high_open else value <= high
-        if not ok:
-            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-            hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-            rng = " and ".join(s for s in (lo, hi) if s)
-            raise argparse.ArgumentTypeError(
-                f"must be a finite number{' ' + rng if rng else ''}, got {text!r}")
+        problem = real_problem(value, low=low, high=high, low_open=low_open,
+                               high_open=high_open, noun="a finite number",
+                               fmt=lambda b: f"{b:g}")
+        if problem:
+            raise argparse.ArgumentTypeError(f"must be {problem}, got {text!r}")
         return value
     parse.__name__ = "number"
     return parse

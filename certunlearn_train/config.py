@@ -25,9 +25,10 @@ A key given twice is refused (YAML and JSON), so no value silently replaces anot
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Dict
+
+from .checks import int_problem, real_problem
 
 __all__ = ["ConfigError", "load_config", "validate_config", "CONFIG_KEYS"]
 
@@ -38,29 +39,15 @@ class ConfigError(ValueError):
 
 def _real(low=None, high=None, low_open=False, allow_inf=False):
     def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return "a number"
-        v = float(v)
-        if math.isnan(v) or (math.isinf(v) and not allow_inf):
-            return "a finite number"
-        if low is not None and (v <= low if low_open else v < low):
-            return f"a number {'>' if low_open else '>='} {low}"
-        if high is not None and v > high:
-            return f"a number <= {high}"
-        return None
+        return real_problem(v, low=low, high=high, low_open=low_open, allow_inf=allow_inf,
+                            noun="a number", detail=True)
     check.numeric = True
     return check
 
 
 def _int(low=None, high=None):
     def check(v):
-        if isinstance(v, bool) or not isinstance(v, int):
-            return "an integer"
-        if low is not None and v < low:
-            return f"an integer >= {low}"
-        if high is not None and v > high:
-            return f"an integer <= {high}"
-        return None
+        return int_problem(v, low=low, high=high, allow_float=False, detail=True)
     return check
 
 
@@ -75,8 +62,7 @@ def _str(v):
 
 
 def _int_list(v):
-    if not isinstance(v, list) or not v or any(isinstance(c, bool) or not isinstance(c, int)
-                                               for c in v):
+    if not isinstance(v, list) or not v or any(int_problem(c, allow_float=False) for c in v):
         return "a non-empty list of integers"
     return None
 
