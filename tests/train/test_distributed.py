@@ -250,7 +250,8 @@ def test_two_ranks_match_one_process(two_ranks, one_process, name):
     w1, cert1 = two_ranks[1]["scenarios"][name]
     ref, cert_ref = one_process[name]
     assert torch.equal(w0, w1), "the replicas differ"
-    assert cert0 == cert1
+    # the ranks issue their certificates independently: equal but for the clock's second
+    assert {**cert0, "created_utc": None} == {**cert1, "created_utc": None}
     # float32 reduction order only: the distributed sums are (sum over each rank) / B
     rel = float((w0.double() - ref.double()).norm() / ref.double().norm())
     assert rel <= 1e-6, f"{name}: relative difference {rel:.3g} from one process"
