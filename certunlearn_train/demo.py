@@ -163,7 +163,8 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     echo("")
     echo(_fmt_table(rows))
     echo("")
-    echo(f"noise sigma = {cert.sigma:.4g} per coordinate and step, T = {T}, C0 = {C0}, "
+    assert cert.sigma is not None  # gradient clipping always records its noise
+    echo(f"noise sigma = {_format_up(cert.sigma, 4)} per coordinate and step, T = {T}, C0 = {C0}, "
          f"C1 = {C1:.3g}, lr = {lr}, {s['finetune_epochs']:g} fine-tuning epochs "
          f"(retraining: {s['retrain_epochs']:g} epochs)")
     echo("MIA AUC: loss-threshold attack, forget set vs test set (0.5 = indistinguishable)")
