@@ -94,7 +94,8 @@ class GradientSource:
       ``grad_buffer_bytes``; otherwise one row, the clipped mean accumulated chunk by chunk.
 
     On the one-row routes the op's clip to C1 of that row is a no-op up to rounding (the mean of
-    vectors of norm <= C1 has norm <= C1). ``linear_fast_path=False`` forces the vmap route.
+    vectors of norm <= C1 has norm <= C1). ``ghost_norms=False`` forces the vmap route (the
+    tests compare the routes).
 
     Attributes:
         route: "batch", "ghost", "rows" or "chunked": the route of the last call.
@@ -104,10 +105,10 @@ class GradientSource:
 
     def __init__(self, model: nn.Module, flat: FlatParameters, clip: str, C1: float,
                  loss_fn: Callable, batch_size: int, grad_buffer_bytes: int = 64 << 20,
-                 linear_fast_path: bool = True):
+                 ghost_norms: bool = True):
         self.model, self.flat, self.clip, self.C1, self.loss_fn = model, flat, clip, C1, loss_fn
         self.ghost = GhostClipping.for_model(model, flat, loss_fn) if (
-            clip == "per_sample" and linear_fast_path) else None
+            clip == "per_sample" and ghost_norms) else None
         self.per_sample = PerSampleGradients(model, flat, loss_fn) if clip == "per_sample" \
             else None
         self.grad_buffer_bytes = int(grad_buffer_bytes)
@@ -116,11 +117,6 @@ class GradientSource:
         self.rows: Optional[torch.Tensor] = None
         self.norms: Optional[torch.Tensor] = None  # row norms of the last fill, when it took them
         self.route = "batch" if clip != "per_sample" else "ghost" if self.ghost else "rows"
-
-    @property
-    def linear(self):
-        """The ghost-norm engine when in use (former name of the route), else None."""
-        return self.ghost
 
     def probe(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Run the per-sample route on three samples; turn a failure into a clear error.

@@ -216,7 +216,7 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
                 steps: int, lr: float, lam: float, clip: str, C1: float, sigma: float,
                 radius: float, batch_size: int, generator: torch.Generator, noise,
                 loss_fn: Callable = F.cross_entropy, grad_buffer_bytes: int = 64 << 20,
-                linear_fast_path: bool = True, progress: bool = True) -> None:
+                ghost_norms: bool = True, progress: bool = True) -> None:
     """Run the T noisy steps in place on ``flat`` (see the module docstring for the update).
 
     Args:
@@ -236,7 +236,7 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
     d = flat.numel
     batches = epoch_batches(len(y), batch_size, generator)
     source = GradientSource(model, flat, clip, C1, loss_fn, batch_size, grad_buffer_bytes,
-                            linear_fast_path)
+                            ghost_norms)
     source = distributed.gradient_source(source, flat)  # data parallel inside a process group
     model.train()
     source.probe(x, y)

@@ -78,7 +78,7 @@ def reference(model, x, y, *, steps, lr, lam, clip, C1, sigma, radius, batch_siz
 
 
 CASES = [
-    # name, clip, C1, sigma, radius, lam, grad_buffer_bytes, linear_fast_path
+    # name, clip, C1, sigma, radius, lam, grad_buffer_bytes, ghost_norms
     ("batch-noise-off", "batch", 0.3, 0.0, math.inf, 0.0, 1 << 30, True),
     ("batch-noise-on", "batch", 0.3, 0.02, math.inf, 0.05, 1 << 30, True),
     ("per-sample-rows-noise-off", "per_sample", 0.3, 0.0, math.inf, 0.0, 1 << 30, False),
@@ -107,7 +107,7 @@ def test_noisy_phase_matches_reference_step_for_step(arch, name, clip, C1, sigma
         gen = torch.Generator().manual_seed(11)
         noisy_phase(model, flat, x, y, steps=k, lr=lr, lam=lam, clip=clip, C1=C1, sigma=sigma,
                     radius=radius, batch_size=bs, generator=gen, noise=NoiseStream(5),
-                    grad_buffer_bytes=gbytes, linear_fast_path=linear, progress=False)
+                    grad_buffer_bytes=gbytes, ghost_norms=linear, progress=False)
         torch.testing.assert_close(flat.flat, ref[k - 1], rtol=1e-5, atol=2e-6,
                                    msg=lambda m: f"step {k}: {m}")
         if math.isfinite(radius) and sigma == 0:
@@ -189,5 +189,5 @@ def test_noisy_phase_on_cuda_matches_cpu_reference(arch, name, clip, C1, sigma, 
     gen = torch.Generator().manual_seed(11)
     noisy_phase(model, flat, x.cuda(), y.cuda(), steps=4, lr=0.2, lam=lam, clip=clip, C1=C1,
                 sigma=sigma, radius=radius, batch_size=8, generator=gen, noise=NoiseStream(5),
-                grad_buffer_bytes=gbytes, linear_fast_path=linear, progress=False)
+                grad_buffer_bytes=gbytes, ghost_norms=linear, progress=False)
     torch.testing.assert_close(flat.flat.cpu(), ref[-1], rtol=1e-4, atol=1e-5)

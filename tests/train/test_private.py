@@ -201,7 +201,7 @@ def test_per_sample_routes_with_a_public_backbone(linear):
     try:
         src = GradientSource(model, flat, "per_sample", C1, case.loss_fn, 6, 0, linear)
         got = src(case.x, case.y)[0].clone()
-        assert (src.linear is not None) == linear
+        assert (src.ghost is not None) == linear
         assert all(p.grad is None and not p.requires_grad for p in model.conv.parameters())
     finally:
         flat.release()

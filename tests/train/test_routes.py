@@ -42,23 +42,23 @@ def route_outputs(case, C1):
     out = {}
     used_linear = False
     configs = {
-        "rows": dict(clip="per_sample", grad_buffer_bytes=1 << 30, linear_fast_path=False),
-        "chunked": dict(clip="per_sample", grad_buffer_bytes=0, linear_fast_path=False),
-        "chunked_by_2": dict(clip="per_sample", grad_buffer_bytes=0, linear_fast_path=False),
+        "rows": dict(clip="per_sample", grad_buffer_bytes=1 << 30, ghost_norms=False),
+        "chunked": dict(clip="per_sample", grad_buffer_bytes=0, ghost_norms=False),
+        "chunked_by_2": dict(clip="per_sample", grad_buffer_bytes=0, ghost_norms=False),
         "linear_or_fallback": dict(clip="per_sample", grad_buffer_bytes=0,
-                                   linear_fast_path=True),
+                                   ghost_norms=True),
     }
     for name, cfg in configs.items():
         model = copy.deepcopy(case.model)
         flat = FlatParameters(model)
         try:
             src = GradientSource(model, flat, cfg["clip"], C1, case.loss_fn, len(case.x),
-                                 cfg["grad_buffer_bytes"], cfg["linear_fast_path"])
+                                 cfg["grad_buffer_bytes"], cfg["ghost_norms"])
             if name == "chunked_by_2":
                 src.per_sample.chunk = 2
             got = src(case.x, case.y).clone()
             if name == "linear_or_fallback":
-                used_linear = src.linear is not None
+                used_linear = src.ghost is not None
         finally:
             flat.release()
         out[name] = _clip_rows_mean(got, C1) if got.shape[0] > 1 or name == "rows" \
@@ -104,7 +104,7 @@ def test_unclipped_routes_and_batch_gradient_equal_the_mean_gradient(case):
     ("conv", True),
     ("embedding", True),
 ])
-def test_linear_fast_path_only_where_it_is_exact(kind, linear):
+def test_ghost_norms_only_where_it_is_exact(kind, linear):
     case = build_case(kind, "cross_entropy", batch=6, width=5, depth=2, seed=3)
     C1 = float(norm_quantiles(case.model, case.x, case.y, case.loss_fn)[3])
     expected = explicit_clipped_mean(case.model, case.x, case.y, case.loss_fn, C1)
