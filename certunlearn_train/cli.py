@@ -21,6 +21,7 @@ from typing import List
 from certunlearn_theory import cli as theory_cli
 
 from .checks import int_problem, real_problem
+from .console import stop_interrupts
 from .experiments import cli as experiments_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_VERIFIABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -554,8 +555,9 @@ def main(argv=None) -> int:
         prog = f"certunlearn {args.command}"
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
-        import signal
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit short
+        # a second Ctrl-C must not cut the exit short, and an interrupt that landed inside an
+        # exec of a string must not make the interpreter kill itself at exit (console.py)
+        stop_interrupts()
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UsageError as exc:
@@ -584,4 +586,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from certunlearn_train.console import run
+    run()
