@@ -12,8 +12,9 @@ from .closed_forms import *  # noqa: F401,F403
 from .divergences import *  # noqa: F401,F403
 from .dpsgd import *  # noqa: F401,F403
 from .errors import InvalidParameterError, PrecisionError, UnreachableTargetError
+from .float32 import *  # noqa: F401,F403
 from .formatting import format_down, format_up
 from .model_clipping import *  # noqa: F401,F403
 from .renyi import *  # noqa: F401,F403
+from .version import __version__
 
-__version__ = "0.2.0"

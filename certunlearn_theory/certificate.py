@@ -42,7 +42,7 @@ _REL_TOL = 1e-9  # recomputed derivation numbers must agree to this relative tol
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
     return __version__
 
 

@@ -107,10 +107,17 @@ def _layout(n: int, k: int, digits: int) -> str:
     return f"{sign}{mantissa}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"
 
 
-def _format(x, digits, up: bool, name: str) -> str:
+def _format(x, digits, up: bool, name: str, reads_back: bool = False) -> str:
     v = _exact("x", x)
     if isinstance(v, float):  # an infinity
         return "inf" if v > 0 else "-inf"
+    if reads_back and isinstance(x, float) and isinstance(digits, int) \
+            and not isinstance(digits, bool) and 1 <= digits <= _MAX_DIGITS:
+        short = Decimal(repr(x)).normalize()  # the shortest text that reads back as x
+        sign, mantissa, exponent = short.as_tuple()
+        if len(mantissa) <= digits and isinstance(exponent, int):
+            n = int("".join(map(str, mantissa)))
+            return _layout(-n if sign else n, exponent, digits)
     if digits is None:
         if not isinstance(x, float):
             raise InvalidParameterError(f"digits=None (shortest text that reads back) needs a "
@@ -130,7 +137,7 @@ def _format(x, digits, up: bool, name: str) -> str:
 
 
 @entry_point
-def format_up(x, digits=6) -> str:
+def format_up(x, digits=6, *, reads_back: bool = False) -> str:
     """Decimal text >= x with at most ``digits`` significant digits (the smallest such text).
 
     For anything that is an upper bound: epsilon, delta, sigma, a step count. ``x`` may be a
@@ -138,6 +145,12 @@ def format_up(x, digits=6) -> str:
     ``Decimal(format_up(x, d)) >= x`` holds exactly. Infinities give ``"inf"``/``"-inf"``; NaN
     is refused. ``digits=None`` (floats only): the shortest such text that ``float()`` reads back
     as ``x`` itself.
+
+    ``reads_back=True`` (floats): when the shortest text that reads back as the float ``x``
+    (``repr``) has at most ``digits`` significant digits, that text, since it names the recorded
+    float itself (``1e-05`` for the double nearest 1e-5, whose exact value is a little above);
+    otherwise as without it. For showing a value recorded as a float, such as a certificate's
+    delta, where ``1.01e-05`` would read as a different number.
 
     >>> format_up(1.2345649)
     '1.23457'
@@ -147,12 +160,14 @@ def format_up(x, digits=6) -> str:
     ('0.25', '1', '1.24e+08')
     >>> format_up(1.6180521433169779, None), format_up(0.1, None)
     ('1.6180521433169779', '0.10000000000000001')
+    >>> format_up(1e-5, 3, reads_back=True), format_up(1.2345649, 6, reads_back=True)
+    ('1e-05', '1.23457')
     """
-    return _format(x, digits, True, "x")
+    return _format(x, digits, True, "x", reads_back)
 
 
 @entry_point
-def format_down(x, digits=6) -> str:
+def format_down(x, digits=6, *, reads_back: bool = False) -> str:
     """Decimal text <= x with at most ``digits`` significant digits (the largest such text).
 
     For lower bounds, e.g. a maximal noise ratio or a sum of variances; otherwise as
@@ -161,4 +176,4 @@ def format_down(x, digits=6) -> str:
     >>> format_down(0.26805112323), format_down(-1.2345649)
     ('0.268051', '-1.23457')
     """
-    return _format(x, digits, False, "x")
+    return _format(x, digits, False, "x", reads_back)

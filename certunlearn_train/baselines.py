@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certunlearn_theory.float32 import PROJECTION_SLACK
+
 from . import distributed
 from ._flat import GradientSource
-from .certificates import PROJECTION_SLACK, RunCertificate, build_run_certificate, weights_sha256
+from .certificates import RunCertificate, build_run_certificate, weights_sha256
 from .checks import MAX_STEPS, check_int, check_real
 from .models import check_buffers_constant
 from .train import (

@@ -21,8 +21,8 @@ from typing import List
 from certunlearn_theory import cli as theory_cli
 
 from .checks import int_problem, real_problem
-from .console import stop_interrupts
 from .experiments import cli as experiments_cli
+from .interrupts import run_command, stop_interrupts
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_VERIFIABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = {
@@ -181,8 +181,8 @@ def _threads_arg(p, default=None):
 
 
 def _fmt_guarantee(eps, delta) -> str:
-    from .certificates import _format_up
-    return f"({_format_up(eps)}, {_format_up(delta)})"
+    from certunlearn_theory import format_up
+    return f"({format_up(eps, reads_back=True)}, {format_up(delta, reads_back=True)})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,7 +556,7 @@ def main(argv=None) -> int:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         # a second Ctrl-C must not cut the exit short, and an interrupt that landed inside an
-        # exec of a string must not make the interpreter kill itself at exit (console.py)
+        # exec of a string must not make the interpreter kill itself at exit (interrupts.py)
         stop_interrupts()
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -586,5 +586,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from certunlearn_train.console import run
-    run()
+    run_command(lambda: main)

@@ -9,6 +9,10 @@ Setting (chosen so the whole run takes seconds on two CPU cores):
   T = 50 steps and C1 = C0 / (lr T) = 0.004, so that T is the natural horizon C0 / (lr C1) at
   which the amplification bound is tightest (THEORY.md section 5); batch gradients clipped
   (``clip="batch"``, as in the paper); then 40 epochs of noise-free fine-tuning;
+* control: the same pipeline (noisy phase, fine-tuning) started from a model whose parameters
+  are all zero, a point of the C0 ball (THEORY.md section 10.5): the guarantee bounds how much
+  the unlearned model can differ from it, and what unlearning gains over it came from the
+  original model;
 * baseline: retraining from scratch on the retain set for the same 40 epochs.
 
 Why C0 is small: at eps = 1 the accumulated noise per coordinate is about 16 C0 whatever T is, so
@@ -17,6 +21,7 @@ size of a usual initialisation, from which fine-tuning recovers like training fr
 """
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import math
 import os
@@ -98,11 +103,13 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     """
     import torch
 
+    from certunlearn_theory import format_up
+
     from .baselines import retrain
-    from .certificates import _format_up, weights_sha256
+    from .certificates import weights_sha256
     from .data import load_dataset, select_forget, split_forget
     from .evaluate import accuracy, evaluate_model
-    from .experiments.metrics import saving_line
+    from .experiments.metrics import comparison_line
     from .model_files import model_arch, save_model_file
     from .models import MLP
     from .train import train
@@ -140,6 +147,22 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
         after_noisy_phase=lambda m: noisy_only.update(evaluate_model(m, **sets)),
         epoch_callback=lambda i, m: ft_acc.append(accuracy(m, *sets["test"])))
     t_unlearn = time.perf_counter() - t0
+    # the control (THEORY.md section 10.5): the same pipeline from a model whose parameters are
+    # zero, a point of the C0 ball; what unlearning gains over it came from the original model
+    zero = copy.deepcopy(original)
+    with torch.no_grad():
+        for p in zero.parameters():
+            p.zero_()
+    control_noisy, control_acc = {}, []
+    t0 = time.perf_counter()
+    control, _ = unlearn(
+        zero, sets["retain"], eps=s["eps"], delta=s["delta"], method="gradient_clipping",
+        steps=T, C0=C0, C1=C1, lr=lr, batch_size=s["batch_size"], clip="batch",
+        finetune_epochs=s["finetune_epochs"], finetune_lr=lr, forget_size=len(forget_set),
+        seed=None if seed is None else base_seed + 2, progress=progress,
+        after_noisy_phase=lambda m: control_noisy.update(evaluate_model(m, **sets)),
+        epoch_callback=lambda i, m: control_acc.append(accuracy(m, *sets["test"])))
+    t_control = time.perf_counter() - t0
     t0 = time.perf_counter()
     retrained, _ = retrain(original, sets["retain"], epochs=s["retrain_epochs"], lr=lr,
                            batch_size=s["batch_size"], forget_size=len(forget_set),
@@ -149,13 +172,16 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
 
     results = {"original": evaluate_model(original, **sets), "noisy_phase": noisy_only,
                "unlearned": evaluate_model(unlearned, **sets),
+               "control": evaluate_model(control, **sets),
                "retrained": evaluate_model(retrained, **sets)}
-    guarantee = f"({_format_up(cert.eps, 3)}, {_format_up(cert.delta, 3)})"
+    guarantee = (f"({format_up(cert.eps, 3, reads_back=True)}, "
+                 f"{format_up(cert.delta, 3, reads_back=True)})")
     rows = []
     for key, label, seconds, g in (
             ("original", "original (trained on all)", t_train, "none"),
             ("noisy_phase", "unlearned: noisy phase", math.nan, guarantee),
             ("unlearned", "unlearned + fine-tuned", t_unlearn, guarantee),
+            ("control", "control: same, from zero", t_control, "-"),
             ("retrained", "retrained from scratch", t_retrain, "exact")):
         r = results[key]
         rows.append([label, r["test_acc"], r["retain_acc"], r["forget_acc"], r["mia_auc"],
@@ -164,12 +190,13 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     echo(_fmt_table(rows))
     echo("")
     assert cert.sigma is not None  # gradient clipping always records its noise
-    echo(f"noise sigma = {_format_up(cert.sigma, 4)} per coordinate and step, T = {T}, C0 = {C0}, "
+    sigma = format_up(cert.sigma, 4, reads_back=True)
+    echo(f"noise sigma = {sigma} per coordinate and step, T = {T}, C0 = {C0}, "
          f"C1 = {C1:.3g}, lr = {lr}, {s['finetune_epochs']:g} fine-tuning epochs "
          f"(retraining: {s['retrain_epochs']:g} epochs)")
     echo("MIA AUC: loss-threshold attack, forget set vs test set (0.5 = indistinguishable)")
-    echo(saving_line(T * s["batch_size"] / len(retain_set), noisy_only["test_acc"], ft_acc,
-                     rt_acc))
+    echo(comparison_line(T * s["batch_size"] / len(retain_set), noisy_only["test_acc"], ft_acc,
+                         control_noisy["test_acc"], control_acc, rt_acc))
 
     arch = model_arch("mlp", (1, 8, 8), 10, data_info, hidden=s["hidden"])
     model_path = os.path.join(out, "model.pt")
@@ -182,4 +209,5 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     echo(f"check them with: {verify_command()} "
          f"{shlex.quote(os.path.abspath(cert_path))} {shlex.quote(os.path.abspath(model_path))}")
     return {"out": out, "results": results, "certificate": cert,
-            "times": {"train": t_train, "unlearn": t_unlearn, "retrain": t_retrain}}
+            "times": {"train": t_train, "unlearn": t_unlearn, "control": t_control,
+                      "retrain": t_retrain}}

@@ -87,7 +87,7 @@ def save_model_file(path: str, model, arch: Optional[Mapping[str, Any]] = None) 
     """
     import torch
 
-    from .certificates import atomic_write_bytes
+    from .files import atomic_write_bytes
     buf = io.BytesIO()
     torch.save({"state_dict": model.state_dict(), "arch": dict(arch or {})}, buf)
     atomic_write_bytes(path, buf.getvalue())

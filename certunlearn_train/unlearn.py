@@ -15,7 +15,8 @@ ICML 2025, Algorithms 1 and 2):
    the clipped mini-batch gradient (``clip="batch"``, what the paper runs; much cheaper). Batches
    are drawn from the retain set by a generator that never sees the model or the forget set.
    sigma comes from :func:`certunlearn_theory.noise_for` (rounded up) with a shift slack that
-   covers float32 rounding (THEORY.md section 8.1; :func:`calibrate_with_float32_slack`);
+   covers float32 rounding (THEORY.md section 8.1;
+   :func:`certunlearn_theory.calibrate_with_float32_slack`);
 3. optional noise-free fine-tuning on the retain set (post-processing: the guarantee holds).
 
 Only the final model may be released; the certificate (:class:`RunCertificate`) says which
@@ -34,15 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certunlearn_theory.float32 import PROJECTION_SLACK, calibrate_with_float32_slack
+
 from . import distributed
 from ._flat import FlatParameters, GradientSource
 from .certificates import (
-    PROJECTION_SLACK,
     RunCertificate,
     build_run_certificate,
-    float32_shift_slack,
     public_parameters_record,
-    split_tail_delta,
     weights_sha256,
 )
 from .checks import MAX_STEPS, check_choice, check_device, check_int, check_real
@@ -61,7 +61,7 @@ from .train import (
 
 __all__ = ["unlearn", "noisy_phase", "clip_to_ball_", "METHODS", "CLIP_MODES",
            "batch_generator_seed", "select_private", "public_record", "PUBLIC_ASSUMPTION",
-           "prepare_run", "calibrate_with_float32_slack"]
+           "prepare_run"]
 
 METHODS = ("gradient_clipping", "model_clipping")
 CLIP_MODES = ("per_sample", "batch")
@@ -271,41 +271,6 @@ def noisy_steps(method: str, lam: float, C0: float, C1: float, lr: float, n: int
     raise ValueError(f"{method} with lam={lam} needs steps or epochs")
 
 
-def calibrate_with_float32_slack(eps: float, delta: float, *, T: int, d: int, C0: float,
-                                 C1: float, lr: float, lam: float, batch_size: int,
-                                 max_rounds: int = 10) -> Tuple[float, float, float]:
-    """sigma for gradient clipping whose guarantee covers float32 rounding (THEORY.md 8.1).
-
-    The slack depends on sigma and sigma on the slack: starting from the slack-free sigma,
-    ``sigma_{k+1} = noise_for(eps, delta - delta_tail, ..., shift_slack=slack(sigma_k (1 +
-    1e-3)))`` until ``slack(sigma_{k+1})`` is at most the slack it was calibrated with.
-
-    Returns:
-        ``(sigma, shift_slack, delta_tail)``: the run certifies (eps, delta - delta_tail) from
-        the accountant with ``shift_slack``, plus ``delta_tail`` for the iterate-norm tail.
-
-    Raises:
-        ValueError: the iteration does not settle within ``max_rounds`` rounds.
-    """
-    import certunlearn_theory as ct
-    acct_delta, tail = split_tail_delta(delta)
-
-    def slack_of(sigma: float) -> float:
-        return float32_shift_slack(sigma=sigma, T=T, d=d, C0=C0, C1=C1, gamma=lr, lam=lam,
-                                   eps=eps, delta_tail=tail, batch_size=batch_size)
-
-    sigma = float(ct.noise_for(eps, acct_delta, T, C0, C1, lr, lam))
-    for _ in range(max_rounds):
-        slack = slack_of(sigma * (1 + 1e-3))
-        sigma = float(ct.noise_for(eps, acct_delta, T, C0, C1, lr, lam, shift_slack=slack))
-        if slack_of(sigma) <= slack:
-            return sigma, slack, tail
-    raise ValueError(f"the noise calibration with the float32 shift slack did not settle in "
-                     f"{max_rounds} rounds (eps={eps!r}, delta={delta!r}, T={T}, d={d}, "
-                     f"C0={C0!r}, C1={C1!r}, lr={lr!r}): the rounding error grows faster than "
-                     "the noise; use fewer private parameters, fewer steps or a larger C1")
-
-
 def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             method: str = "gradient_clipping", steps: Optional[int] = None,
             epochs: Optional[float] = None, C0: float, C1: float = math.inf, lr: float,
@@ -414,7 +379,7 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
     d = sum(named_all[name].numel() for name in priv)
     if method == "gradient_clipping":
         sigma, slack, tail = calibrate_with_float32_slack(
-            eps, delta, T=T, d=d, C0=C0, C1=C1, lr=lr, lam=lam, batch_size=batch_size)
+            eps, delta, T=T, d=d, C0=C0, C1=C1, gamma=lr, lam=lam, batch_size=batch_size)
     else:
         assert C2 is not None
         tail = None

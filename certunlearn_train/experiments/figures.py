@@ -17,6 +17,7 @@ from typing import Dict, Optional
 
 from .metrics import curve_matrix
 from .presets import CERTIFIED, EPS_FREE, METHOD_NAMES
+from .results import load_results
 
 __all__ = ["draw_all", "FIGURES", "COLORS"]
 
@@ -195,7 +196,6 @@ def _acc_after_noisy(res, path):
 
 def draw_all(results_dir: str, out_dir: Optional[str] = None) -> Dict[str, str]:
     """Draw the four figures of ``results_dir`` into ``out_dir`` (default: its ``figures/``)."""
-    from .summary import load_results
     res = load_results(results_dir)
     out_dir = out_dir or os.path.join(results_dir, "figures")
     os.makedirs(out_dir, exist_ok=True)

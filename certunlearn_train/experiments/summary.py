@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 
 from .metrics import epochs_to_target, mean_spread, wall_to_target
 from .presets import CERTIFIED, METHOD_NAMES
+from .results import load_results
 
 __all__ = ["write_outputs", "summarize", "load_results", "verify_certificates", "format_table",
            "SUMMARY_FIELDS"]
@@ -150,7 +151,7 @@ def verify_certificates(out: str, results: List[Dict[str, Any]]) -> int:
 
 def write_outputs(out: str, cfg: Dict[str, Any], tuning, chosen, results, *,
                   echo=print) -> Dict[str, Any]:
-    from ..certificates import atomic_write_bytes
+    from ..files import atomic_write_bytes
     from .figures import draw_all
     lines = [json.dumps({k: r.get(k) for k in ("method", "eps", "delta", "seed", "config",
                                                 "status", "error", "noisy_epochs", "points",
@@ -196,12 +197,3 @@ def write_outputs(out: str, cfg: Dict[str, Any], tuning, chosen, results, *,
     return summary
 
 
-def load_results(out: str) -> Dict[str, Any]:
-    """Read a results folder back: ``{"curves": [...], "summary": {...}, "tuning": {...}}``."""
-    with open(os.path.join(out, "curves.jsonl"), encoding="utf-8") as fh:
-        curves = [json.loads(line) for line in fh if line.strip()]
-    with open(os.path.join(out, "summary.json"), encoding="utf-8") as fh:
-        summary = json.load(fh)
-    with open(os.path.join(out, "tuning.json"), encoding="utf-8") as fh:
-        tuning = json.load(fh)
-    return {"curves": curves, "summary": summary, "tuning": tuning}

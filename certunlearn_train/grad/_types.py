@@ -33,7 +33,7 @@ from typing import Callable, List, Optional, cast
 
 import torch
 
-__all__ = ["PerSample", "Outer", "Rows", "sq_norms", "weighted_sum", "combine", "materialise"]
+__all__ = ["NotCovered", "PerSample", "Outer", "Rows", "sq_norms", "weighted_sum", "combine", "materialise"]
 
 def unit_roundoff(dtype: torch.dtype) -> float:
     """2^-24 for float32, 2^-53 for float64."""
@@ -109,6 +109,10 @@ def materialise(rep) -> torch.Tensor:
     raise TypeError(f"unknown per-sample gradient form {type(rep).__name__}")
 
 
+class NotCovered(Exception):
+    """The ghost route cannot compute this model's per-sample norms exactly (message says why)."""
+
+
 def _gram_is_cheaper(rep: Outer) -> bool:
     b, g, t, m, n = rep.dims
     return t * t * (m + n) < t * m * n
@@ -121,7 +125,6 @@ WORK_BYTES = 256 << 20
 
 def _check_size(numel: int, element_size: int, what: str) -> None:
     if numel * element_size > 4 * WORK_BYTES:
-        from .engine import NotCovered
         raise NotCovered(f"{what} would need {numel * element_size / 2 ** 30:.1f} GiB")
 
 

@@ -27,13 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _types
+from ._types import NotCovered
 from .registry import rule_for
 
 __all__ = ["GhostClipping", "NotCovered", "per_sample_losses", "uncovered_reason"]
-
-
-class NotCovered(Exception):
-    """The ghost route cannot compute this model's per-sample norms exactly (message says why)."""
 
 
 _warned: Set[str] = set()

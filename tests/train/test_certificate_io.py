@@ -1,4 +1,5 @@
 """Certificate plumbing that does not need the accountant: weight hashes, atomic writes, parsing."""
+import functools
 import hashlib
 import json
 import os
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from certunlearn_theory import format_down, format_up
 from certunlearn_train import certificates as C
 
 
@@ -130,15 +132,19 @@ def test_version_1_edit_is_still_refused():
         C.RunCertificate.from_dict(data).verify()
 
 
-def test_format_up_and_down():
-    assert C._format_up(1.2345649, 6) == "1.23457" and C._format_down(1.2345649, 6) == "1.23456"
-    assert C._format_up(1e-5, 3) == "1e-5"  # reads back as the double 1e-5 itself
-    assert C._format_up(0.1, 6) == "0.1" and C._format_up(2 / 3, 3) == "0.667"
-    assert C._format_up(1 / 3, 3) == "0.334" and C._format_down(2 / 3, 3) == "0.666"
-    assert C._format_up(9.9999996, 6) == "10"
-    assert C._format_up(0.0) == "0" and C._format_up(float("inf")) == "inf"
+def test_format_up_and_down_reading_back():
+    # the accountant's one formatter, with the option the CLI uses for recorded floats
+    up = functools.partial(format_up, reads_back=True)
+    down = functools.partial(format_down, reads_back=True)
+    assert up(1.2345649, 6) == "1.23457" and down(1.2345649, 6) == "1.23456"
+    assert up(1e-5, 3) == "1e-05"  # reads back as the double 1e-5 itself
+    assert format_up(1e-5, 3) == "1.01e-05"  # without the option: above the double's value
+    assert up(0.1, 6) == "0.1" and up(2 / 3, 3) == "0.667"
+    assert up(1 / 3, 3) == "0.334" and down(2 / 3, 3) == "0.666"
+    assert up(9.9999996, 6) == "10"
+    assert up(0.0) == "0" and up(float("inf")) == "inf"
     with pytest.raises(ValueError, match="digits must be"):
-        C._format_up(1.0, 0)
+        up(1.0, 0)
 
 
 @pytest.mark.parametrize("x", [1.0, 0.1, 1.2345649, 1e-5, 3.7e-12, 123456789.0, 2.5e300,
@@ -146,7 +152,8 @@ def test_format_up_and_down():
 @pytest.mark.parametrize("digits", [1, 3, 6, 17])
 def test_format_up_is_never_below(x, digits):
     from decimal import Decimal
-    up, down = C._format_up(x, digits), C._format_down(x, digits)
+    up = format_up(x, digits, reads_back=True)
+    down = format_down(x, digits, reads_back=True)
     # as decimals on the safe side, or the shortest string of x itself (reads back as x)
     assert Decimal(up) >= Decimal(x) or float(up) == x
     assert Decimal(down) <= Decimal(x) or float(down) == x

@@ -36,7 +36,7 @@ def test_chain_verifies(chain, capsys):
     assert c2.model_sha256_before == c1.model_sha256_after
     assert _run(folder, "c1.json", "c2.json", "m2.pt") == 0
     out = capsys.readouterr().out
-    assert "certificate 1: gradient_clipping, (1, 1e-5)-unlearning recomputed" in out
+    assert "certificate 1: gradient_clipping, (1, 1e-05)-unlearning recomputed" in out
     assert "chain: 2 certificates" in out
     reports = C.verify_chain([c1, c2], out2)
     assert len(reports) == 2 and reports[-1].model_checked and not reports[0].model_checked

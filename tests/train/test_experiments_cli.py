@@ -90,7 +90,7 @@ def test_transfer_certifies_the_head_and_keeps_the_backbone(tmp_path):
         assert cert.public_parameters["sha256"] == want
 
 
-def test_demo_prints_the_saving_against_its_retrain(tmp_path):
+def test_demo_compares_with_its_control_and_claims_no_saving(tmp_path):
     import re
 
     from certunlearn_train.demo import run_demo
@@ -100,4 +100,8 @@ def test_demo_prints_the_saving_against_its_retrain(tmp_path):
     line = next(s for s in lines if s.startswith("epochs to reach the retrained test accuracy"))
     target = result["results"]["retrained"]["test_acc"] - 0.01
     assert f"({target:.3f})" in line
-    assert re.search(r"(saving \d+%|no saving)", line)
+    assert "control (same pipeline from zero)" in line
+    assert re.search(r"(epochs fewer than the control in this run|no gain over the control)",
+                     line)
+    assert not re.search(r"saving \d+%", "\n".join(lines))
+    assert "\ncontrol: same, from zero " in "\n".join(lines)

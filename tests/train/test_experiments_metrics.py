@@ -174,14 +174,21 @@ def test_config_file_replaces_preset_keys(tmp_path):
         load_config_file(str(p))
 
 
-def test_saving_line_known_answers():
-    from certunlearn_train.experiments.metrics import saving_line
+def test_comparison_line_known_answers():
+    from certunlearn_train.experiments.metrics import comparison_line
     retrain = [0.3, 0.8, 0.9, 0.95, 0.96]  # target 0.95: retraining needs 4 epochs
-    line = saving_line(0.5, 0.1, [0.5, 0.96], retrain)
-    assert "(0.950)" in line and "unlearning 2.50" in line and "retraining 4" in line
-    assert "saving 38%" in line  # 1 - 2.5 / 4
-    assert "no saving (38% more)" in saving_line(0.5, 0.1, [0.5, 0.6, 0.7, 0.8, 0.97], retrain)
-    assert "unlearning 0.50" in saving_line(0.5, 0.99, [0.5], retrain)  # at the noisy phase
-    assert saving_line(0.5, 0.1, [0.5, 0.6], retrain).endswith("no saving")
+    line = comparison_line(0.5, 0.1, [0.5, 0.96], 0.1, [0.5, 0.6, 0.96], retrain)
+    assert "(0.950)" in line and "unlearning 2.50" in line and "retraining 4.00" in line
+    assert "control (same pipeline from zero) 3.50" in line
+    assert "1.00 epochs fewer than the control in this run" in line
+    assert "saving" not in line.replace("not a measured saving", "")
+    # slower than the control, or equal: no gain, whatever retraining needed
+    assert "no gain over the control in this run" in comparison_line(
+        0.5, 0.1, [0.5, 0.6, 0.96], 0.1, [0.96], retrain)
+    assert "no gain over the control in this run" in comparison_line(
+        0.5, 0.1, [0.96], 0.1, [0.96], retrain)
+    never = comparison_line(0.5, 0.1, [0.5, 0.6], 0.1, [0.96], retrain)
+    assert "unlearning never within 2.5" in never and "no gain over the control measured" in never
+    assert "unlearning 0.50" in comparison_line(0.5, 0.99, [0.5], 0.1, [0.5], retrain)
     with pytest.raises(ValueError, match="retrain_accs"):
-        saving_line(0.5, 0.1, [0.5], [])
+        comparison_line(0.5, 0.1, [0.5], 0.1, [0.5], [])

@@ -15,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import certunlearn_theory as ct
+from certunlearn_theory import calibrate_with_float32_slack
 from certunlearn_train import baselines as B
 from certunlearn_train import certificates as C
 from certunlearn_train.models import MLP
-from certunlearn_train.unlearn import calibrate_with_float32_slack, unlearn
+from certunlearn_train.unlearn import unlearn
 
 from ..hypothesis_budget import examples
 from .helpers import tiny_problem
@@ -165,7 +166,7 @@ def test_v1_fixtures_verify_and_declare_float32_unaccounted(name):
 def test_calibration_fixed_point_and_larger_sigma():
     acct_delta, tail = C.split_tail_delta(1e-5)
     sigma, slack, got_tail = calibrate_with_float32_slack(
-        1.0, 1e-5, T=50, d=D_DEMO, C0=0.01, C1=0.004, lr=0.05, lam=0.0, batch_size=64)
+        1.0, 1e-5, T=50, d=D_DEMO, C0=0.01, C1=0.004, gamma=0.05, lam=0.0, batch_size=64)
     assert got_tail == tail
     plain = float(ct.noise_for(1.0, 1e-5, 50, 0.01, 0.004, 0.05))
     assert sigma > plain
@@ -177,7 +178,7 @@ def test_calibration_fixed_point_and_larger_sigma():
 def test_calibration_that_cannot_settle_is_refused():
     # an enormous dimension: the rounding error outgrows any noise
     with pytest.raises(ValueError, match="did not settle"):
-        calibrate_with_float32_slack(1.0, 1e-5, T=50, d=10**15, C0=0.01, C1=0.004, lr=0.05,
+        calibrate_with_float32_slack(1.0, 1e-5, T=50, d=10**15, C0=0.01, C1=0.004, gamma=0.05,
                                      lam=0.0, batch_size=64)
 
 
