@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import tempfile
-from typing import List
+from typing import List, Optional
 
 from certunlearn_theory import cli as theory_cli
 
@@ -367,9 +367,30 @@ def _sniff(path: str) -> str:
     return "json" if head.lstrip()[:1] == b"{" else "other"
 
 
+def _model_to_verify(path: str, factory: Optional[str]):
+    """The model file as a module when that needs no user code (a bundled architecture) or the
+    user named a factory; otherwise its weights alone (the parameter count is then unchecked)."""
+    from .model_files import ModelFileError, load_model, load_model_file, model_from_arch
+    state, arch = load_model_file(path)
+    if factory:
+        return load_model(path, factory)[0]
+    if arch.get("name") and not arch.get("factory"):
+        try:
+            return model_from_arch(arch, state)
+        except ModelFileError:
+            return state  # the weights' hash is still checked; the count is listed as unchecked
+    return state
+
+
 def _verify(args) -> int:
-    from .certificates import CertificateError, RunCertificate, verify_chain
-    from .model_files import ModelFileError, load_model_file
+    from .certificates import (
+        CertificateError,
+        NotVerifiableError,
+        RunCertificate,
+        chain_links_authenticated,
+        verify_chain,
+    )
+    from .model_files import ModelFileError
     files = args.files
     if not args.chain and len(files) != 2:
         raise UsageError(f"give CERT MODEL (or --chain CERT... MODEL), "
@@ -384,14 +405,21 @@ def _verify(args) -> int:
                          "MODEL)")
     try:
         certs = [RunCertificate.load(p) for p in cert_paths]
-        state, _ = load_model_file(model_path)
-        if args.chain:
-            reports = verify_chain(certs, state, public_key=args.public_key)
-        else:
-            reports = [certs[0].verify(state, public_key=args.public_key)]
+        model = _model_to_verify(model_path, getattr(args, "model_factory", None))
+        try:
+            if args.chain:
+                reports = verify_chain(certs, model, public_key=args.public_key)
+            else:
+                reports = [certs[0].verify(model, public_key=args.public_key)]
+        except NotVerifiableError as exc:
+            reports = exc.reports
     except (CertificateError, ModelFileError) as exc:
         print(f"certunlearn verify: FAILED: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    for k, r in enumerate(reports, 1):  # what must be read before the guarantee, first
+        for text in r.warnings:
+            where = f"certificate {k}: " if args.chain else ""
+            print(f"certunlearn verify: WARNING: {where}{text}", file=sys.stderr)
     sha = certs[-1].model_sha256_after[:16]
     if args.chain:
         for k, (c, r) in enumerate(zip(certs, reports), 1):
@@ -399,9 +427,14 @@ def _verify(args) -> int:
                 "NOT VERIFIABLE (exact retraining cannot be checked from a certificate)"
             print(f"certificate {k}: {c.method}, {_fmt_guarantee(c.eps, c.delta)}-unlearning "
                   f"{what}; signature: {r.signature}")
+        links = ("the links are covered by the certificates' signatures"
+                 if chain_links_authenticated(certs) else
+                 "the links are unauthenticated (unsigned certificates: a starting hash can be "
+                 "edited to connect two runs; sign the requests to bind them)")
         print(f"chain: {len(certs)} certificates, each starting from the previous one's output; "
-              f"the final model matches (SHA-256 {sha}...). Each request is certified on its "
-              f"own against retraining without all forget sets so far (no composition).")
+              f"{links}; the final model matches (SHA-256 {sha}...). Each request is certified "
+              f"on its own against retraining without all forget sets so far (no "
+              f"composition).")
     else:
         c, r = certs[0], reports[0]
         if r.guarantee_recomputed:
@@ -515,6 +548,10 @@ def _register_training(subparsers) -> None:
                    help="the certificates are sequential requests, in order")
     p.add_argument("--public-key", metavar="PUB",
                    help="require a valid signature by this key (KEYFILE.pub from keygen)")
+    p.add_argument("--model-factory", metavar="MODULE:FUNCTION",
+                   help="build the model with this function (imported and run) to count its "
+                        "private parameters when the model file records no bundled "
+                        "architecture; without it such a file is checked as weights only")
     p.set_defaults(handler=_verify)
 
     p = subparsers.add_parser(

@@ -28,13 +28,14 @@ from ..files import atomic_write_bytes
 from ..model_files import load_model_file, save_model_file
 from ._values import CertificateError, same_value
 from .building import build_run_certificate
-from .chain import verify_chain
-from .checks import VerifyReport, verify_certificate
+from .chain import chain_links_authenticated, verify_chain
+from .checks import NotVerifiableError, VerifyReport, verify_certificate
 from .hashing import canonical_bytes, public_parameters_record, weights_sha256
 from .record import RunCertificate
 from .schema import ACCOUNTED_METHODS, FORMAT, FORMAT_V1, METHOD_ALIASES, NOT_CHECKABLE, RUN_METHODS
 
-__all__ = ["RunCertificate", "CertificateError", "VerifyReport", "build_run_certificate",
+__all__ = ["RunCertificate", "CertificateError", "NotVerifiableError", "VerifyReport",
+           "chain_links_authenticated", "build_run_certificate",
            "verify_certificate", "weights_sha256", "public_parameters_record",
            "atomic_write_bytes", "same_value", "canonical_bytes", "verify_chain", "FORMAT",
            "FORMAT_V1", "RUN_METHODS", "ACCOUNTED_METHODS", "METHOD_ALIASES", "NOT_CHECKABLE",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from certunlearn_theory.float32 import PROJECTION_SLACK, float32_shift_slack, run_delta
 
@@ -25,7 +25,9 @@ from ._values import SHA_RE, CertificateError, is_num, pos, pos_int, same_value
 from .hashing import public_parameters_record, weights_sha256
 from .schema import (
     DERIVED,
+    FLOAT32_FIELDS,
     FORMAT,
+    FORMAT_V1,
     NOT_CHECKABLE,
     OPTIONAL_RUN,
     RUN_METHODS,
@@ -35,7 +37,18 @@ from .schema import (
 )
 from .signing import verify_record
 
-__all__ = ["VerifyReport", "verify_certificate", "float32_accounted"]
+__all__ = ["VerifyReport", "NotVerifiableError", "verify_certificate", "float32_accounted",
+           "private_parameter_count", "eps_with_float32_rounding"]
+
+
+class NotVerifiableError(CertificateError):
+    """Every check passed, but a guarantee cannot be checked from a certificate (``retrain``:
+    exact retraining). ``reports`` holds the :class:`VerifyReport` of each certificate checked
+    (one, or one per link of a chain)."""
+
+    def __init__(self, message: str, reports: "List[VerifyReport]"):
+        super().__init__(message)
+        self.reports = list(reports)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +59,12 @@ class VerifyReport:
         guarantee_recomputed: the accountant reproduced (eps, delta) from the parameters (False
             for ``retrain``: exact retraining cannot be checked from a certificate).
         model_checked: a model was given and its SHA-256 (and public parameters) matched.
-        signature: ``"unsigned"``, or ``"valid"`` with the signing key's fingerprint.
+        signature: ``"unsigned"``, or how the signature was checked: against the given key,
+            or (no key given) only against the key it carries, whose owner is unknown.
         not_checked: ``(field, reason)`` for every claim taken on trust.
+        warnings: what the reader must know before relying on the guarantee, most important
+            first (an older format whose guarantee omits float32 rounding, and the eps it would
+            have with it).
     """
     method: str
     eps: float
@@ -56,6 +73,7 @@ class VerifyReport:
     model_checked: bool
     signature: str
     not_checked: Tuple[Tuple[str, str], ...]
+    warnings: Tuple[str, ...] = ()
 
     def not_checked_fields(self) -> List[str]:
         return [f for f, _ in self.not_checked]
@@ -63,7 +81,8 @@ class VerifyReport:
 
 # -- verification -----------------------------------------------------------------------
 
-def verify_certificate(cert, model=None, *, public_key=None) -> VerifyReport:
+def verify_certificate(cert, model=None, *, public_key=None,
+                       allow_unverifiable: bool = False) -> VerifyReport:
     """Check every field that can be checked; return what was taken on trust.
 
     Steps: the format and the type and range of every field; for accounted methods the
@@ -76,6 +95,9 @@ def verify_certificate(cert, model=None, *, public_key=None) -> VerifyReport:
     present (against ``public_key`` if given, which then requires one).
 
     Raises:
+        NotVerifiableError: every check passed, but the method's guarantee cannot be checked
+            from a certificate (``retrain``), unless ``allow_unverifiable`` (then the report
+            says ``guarantee_recomputed=False``).
         CertificateError: with the first reason found.
     """
     not_checked: Dict[str, str] = {}
@@ -91,25 +113,40 @@ def verify_certificate(cert, model=None, *, public_key=None) -> VerifyReport:
     else:
         verify_accounted(cert)
         recomputed = True
+    warnings: List[str] = []
     if not float32_accounted(cert):
-        not_checked["float32_rounding"] = (
-            "float32 rounding not accounted (issued before the shift slack of THEORY.md "
-            "section 8.1 was recorded): the guarantee assumes exact arithmetic")
+        with_rounding = eps_with_float32_rounding(cert, model)
+        warnings.append(
+            f"format {cert.read_from}: the guarantee omits float32 rounding (issued before the "
+            f"shift slack of THEORY.md section 8.1 was recorded) and assumes exact arithmetic; "
+            + (f"with it, eps would be {with_rounding} at the same delta" if with_rounding
+               else "give the model (as a module) to compute the eps with it"))
+        not_checked["float32_rounding"] = warnings[-1]
     accounted = set() if cert.accountant is None else \
         set(acct_keys(cert.accountant["parameters"]))
     for key in cert.parameters:
         if key not in accounted and key not in DERIVED.get(cert.method, ()):
             not_checked[f"parameters.{key}"] = "describes the run; does not enter the " \
                                                "guarantee"
-    if cert.method == "gradient_clipping" and "shift_slack" in cert.parameters \
-            and "parameters.batch_size" in not_checked:
+    if cert.method == "gradient_clipping" and "shift_slack" in cert.parameters:
         not_checked["parameters.batch_size"] = (
-            "describes the run; enters only the float32 shift slack, recomputed from it "
-            "(the batch size actually used is not checked)")
+            "enters the float32 shift slack, recomputed from it: a batch size smaller than the "
+            "run used would understate the slack, and no certificate can show the batch size "
+            "actually used (only a signature protects it)")
+    d_count = private_parameter_count(cert, model)
     if cert.method == "gradient_clipping" and "d" in cert.parameters:
-        not_checked["parameters.d"] = ("the number of private parameters, from which the "
-                                       "float32 shift slack is recomputed (the model's "
-                                       "parameter count is not checked)")
+        if d_count is None:
+            not_checked["parameters.d"] = (
+                "the number of private parameters, from which the float32 shift slack is "
+                "recomputed: counted only when the model is given as a module" +
+                (" (it was given as weights only)" if model is not None else ""))
+        elif d_count == cert.parameters["d"]:
+            not_checked.pop("parameters.d", None)  # counted from the model given
+        else:
+            raise CertificateError(
+                f"parameters.d = {cert.parameters['d']!r} is not the model's number of private "
+                f"parameters, {d_count} (its parameters less the public ones); d enters the "
+                f"float32 shift slack")
     model_checked = False
     if model is not None:
         state = model.state_dict() if hasattr(model, "state_dict") else model
@@ -133,16 +170,84 @@ def verify_certificate(cert, model=None, *, public_key=None) -> VerifyReport:
         not_checked["public_parameters.names"] = (
             "that these parameters are public (fixed independently of the private data) "
             "is the user's declaration")
+        if "assumption" in cert.public_parameters:
+            not_checked["public_parameters.assumption"] = "the issuer's words for that " \
+                                                          "declaration"
     signature = check_signature(cert, public_key)
     if signature == "unsigned":
-        not_checked["signature"] = "unsigned: anyone could have edited the unchecked fields"
-    return VerifyReport(method=cert.method, eps=cert.eps, delta=cert.delta,
-                        guarantee_recomputed=recomputed, model_checked=model_checked,
-                        signature=signature, not_checked=tuple(not_checked.items()))
+        not_checked["signature"] = ("unsigned: anyone could have edited the unchecked fields "
+                                    "(noise_seed_user_supplied, the set sizes, batch_size)")
+    elif public_key is None:
+        not_checked["signature.signer"] = ("who signed: the signature matches the key it "
+                                           "carries, and anyone can make such a key; give "
+                                           "--public-key to check the signer")
+    report = VerifyReport(method=cert.method, eps=cert.eps, delta=cert.delta,
+                          guarantee_recomputed=recomputed, model_checked=model_checked,
+                          signature=signature, not_checked=tuple(not_checked.items()),
+                          warnings=tuple(warnings))
+    if not recomputed and not allow_unverifiable:
+        raise NotVerifiableError(
+            f"NOT VERIFIABLE: {cert.method} claims exact unlearning; exact retraining cannot be "
+            f"checked from a certificate", [report])
+    return report
+
+
+def private_parameter_count(cert, model) -> Optional[int]:
+    """The model's private parameters (all its parameters less the public ones), counted; None
+    when ``model`` is not a module (weights alone do not say which entries are parameters)."""
+    if model is None or not callable(getattr(model, "named_parameters", None)):
+        return None
+    public = set(cert.public_parameters["names"]) if isinstance(cert.public_parameters,
+                                                                Mapping) else set()
+    return sum(int(p.numel()) for name, p in model.named_parameters() if name not in public)
+
+
+def eps_with_float32_rounding(cert, model=None) -> Optional[str]:
+    """The eps (as safe-side text) a certificate without the float32 slack would have with it,
+    at its recorded delta; None when it cannot be computed (gradient clipping needs the number
+    of private parameters, counted from ``model`` as a module)."""
+    from certunlearn_theory import epsilon_for, format_up, split_tail_delta
+    p = cert.parameters
+    try:
+        if cert.method == "output_perturbation":
+            eps = epsilon_for(cert.sigma, cert.delta, None, p["C0"], None, None,
+                              method="output_perturbation",
+                              shift_slack=PROJECTION_SLACK * p["C0"])
+        elif cert.method == "model_clipping":
+            eps = epsilon_for(cert.sigma, cert.delta, p["T"], p["C0"], p.get("C1"),
+                              p.get("gamma"), p.get("lam", 0.0), method="model_clipping",
+                              C2=p["C2"], sigma0=p.get("sigma0", 0.0),
+                              noise_after_projection=p.get("noise_after_projection", True),
+                              shift_slack=PROJECTION_SLACK * p["C2"])
+        elif cert.method == "gradient_clipping":
+            d = private_parameter_count(cert, model)
+            if d is None:
+                return None
+            acct_delta, tail = split_tail_delta(cert.delta)
+            eps = float(cert.eps)
+            for _ in range(20):  # the slack grows with eps: iterate to a consistent pair
+                slack = float32_shift_slack(
+                    sigma=cert.sigma, T=p["T"], d=d, C0=p["C0"], C1=p["C1"], gamma=p["gamma"],
+                    lam=p["lam"], eps=eps, delta_tail=tail, batch_size=p["batch_size"])
+                new = float(epsilon_for(cert.sigma, acct_delta, p["T"], p["C0"], p["C1"],
+                                        p["gamma"], p["lam"], sigma0=p.get("sigma0", 0.0),
+                                        conversion=p.get("conversion", "improved"),
+                                        shift_slack=slack))
+                if new <= eps:  # the slack was computed at an eps at least this one
+                    eps = new
+                    break
+                eps = new
+            else:
+                return None
+        else:
+            return None
+    except (KeyError, TypeError, ValueError, ArithmeticError):
+        return None
+    return format_up(float(eps), 6)
 
 
 def check_types(cert) -> None:
-    if cert.format != FORMAT:
+    if cert.format != FORMAT or cert.read_from not in (FORMAT, FORMAT_V1):
         raise CertificateError(f"unsupported certificate format {cert.format!r} "
                                f"(this library reads {FORMAT!r})")
     if cert.method not in RUN_METHODS:
@@ -302,10 +407,16 @@ def float32_accounted(cert) -> bool:
 def check_float32_slack(cert) -> None:
     """Refuse a recorded shift slack below what float32 rounding needs (THEORY.md 8.1)."""
     p = cert.parameters
+    required = FLOAT32_FIELDS.get(cert.method, ())
+    if cert.read_from == FORMAT and any(k not in p for k in required):
+        raise CertificateError(
+            f"a certificate of format {FORMAT} records the float32 rounding slack its guarantee "
+            f"depends on (THEORY.md section 8.1), but parameters lack "
+            f"{', '.join(k for k in required if k not in p)}")
     if cert.method == "gradient_clipping":
         has = [k for k in ("shift_slack", "float32_tail_delta", "d") if k in p]
         if not has:
-            return  # issued before the slack was recorded: listed in not_checked
+            return  # an older format, issued before the slack was recorded: a warning
         if len(has) != 3:
             raise CertificateError(
                 "parameters.shift_slack, float32_tail_delta and d go together (the slack is "
@@ -367,5 +478,6 @@ def check_signature(cert, public_key) -> str:
         return "unsigned"
     fingerprint = verify_record(cert.to_dict(), public_key)
     if public_key is None:
-        return f"valid, by key {fingerprint} (give --public-key to check who signed)"
+        return (f"signed by an unknown key {fingerprint} (it matches the certificate, but anyone "
+                f"can sign; give --public-key to check who signed)")
     return f"valid, by the given key {fingerprint}"

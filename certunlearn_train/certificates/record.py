@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from ..files import atomic_write_bytes
 from ._values import CertificateError
@@ -49,6 +49,10 @@ class RunCertificate:
     public_parameters: Optional[Dict[str, Any]] = None
     format: str = FORMAT
     signature: Optional[Dict[str, str]] = None
+    #: The format the certificate was read from (not part of its JSON): ``certunlearn.run/1``
+    #: files are converted to this format's vocabulary, and verify holds them to that format's
+    #: rules (their guarantee does not cover float32 rounding).
+    read_from: str = dataclasses.field(default=FORMAT, compare=False, repr=False)
 
     @property
     def epsilon(self) -> float:
@@ -56,8 +60,14 @@ class RunCertificate:
         return self.eps
 
     # -- serialisation ----------------------------------------------------------------------
+    @classmethod
+    def json_fields(cls) -> List[str]:
+        """The names of the fields a certificate file holds."""
+        return [f.name for f in dataclasses.fields(cls) if f.name != "read_from"]
+
     def to_dict(self) -> Dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), allow_nan=False))
+        data = {name: getattr(self, name) for name in self.json_fields()}
+        return json.loads(json.dumps(data, allow_nan=False))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunCertificate":
@@ -70,14 +80,14 @@ class RunCertificate:
         elif fmt != FORMAT:
             raise CertificateError(f"unsupported certificate format {fmt!r} (this library reads "
                                    f"{FORMAT!r} and {FORMAT_V1!r})")
-        names = [f.name for f in dataclasses.fields(cls)]
+        names = cls.json_fields()
         unknown = sorted(set(data) - set(names), key=str)
         if unknown:
             raise CertificateError(f"unknown certificate field(s): {', '.join(map(str, unknown))}")
         missing = [n for n in names if n not in data]
         if missing:
             raise CertificateError(f"certificate is missing field(s): {', '.join(missing)}")
-        return cls(**{n: data[n] for n in names})
+        return cls(**{n: data[n] for n in names}, read_from=fmt)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
@@ -130,15 +140,21 @@ class RunCertificate:
         return dataclasses.replace(self, signature=sign_record(self.to_dict(), private_key))
 
     # -- verification -----------------------------------------------------------------------
-    def verify(self, model=None, *, public_key=None) -> VerifyReport:
+    def verify(self, model=None, *, public_key=None,
+               allow_unverifiable: bool = False) -> VerifyReport:
         """Check every field that can be checked; return what was taken on trust.
 
-        See :func:`certunlearn_train.certificates.checks.verify_certificate`.
+        ``model`` is the unlearned model (a module: then its private parameters are counted
+        too) or its state dict. See
+        :func:`certunlearn_train.certificates.checks.verify_certificate`.
 
         Raises:
+            NotVerifiableError: a ``retrain`` certificate (exact retraining cannot be checked
+                from a certificate), unless ``allow_unverifiable``.
             CertificateError: with the first reason found.
         """
-        return verify_certificate(self, model, public_key=public_key)
+        return verify_certificate(self, model, public_key=public_key,
+                                  allow_unverifiable=allow_unverifiable)
 
     def float32_accounted(self) -> bool:
         """Whether the guarantee covers float32 rounding (a recorded shift slack, THEORY 8.1)."""

@@ -22,7 +22,9 @@ def test_retrain_is_exact_and_fresh():
     out, cert = B.retrain(model, (x, y), epochs=1, lr=0.1, seed=3, forget_size=4, progress=False)
     assert C.weights_sha256(model) == before
     assert cert.method == "retrain" and cert.epsilon == 0 and cert.delta == 0
-    cert.verify(out)
+    with pytest.raises(C.NotVerifiableError):  # exact retraining cannot be shown
+        cert.verify(out)
+    assert cert.verify(out, allow_unverifiable=True).model_checked
     # a re-initialised model does not start from the trained weights
     again = B.reinitialize_(copy.deepcopy(model), seed=3)
     assert not torch.equal(flat_params(again), flat_params(model))

@@ -135,7 +135,8 @@ def test_lower_or_missing_slack_is_refused(demo_run):
         _rebuild(cert, shift_slack=math.nextafter(need, 0.0))
     with pytest.raises(C.CertificateError, match="below the float32 rounding bound"):
         _rebuild(cert, d=p["d"] * 4)  # more parameters need more slack
-    with pytest.raises(C.CertificateError, match="go together"):
+    with pytest.raises(C.CertificateError, match="records the float32 rounding slack.*lack "
+                                                 "shift_slack"):
         _rebuild(cert, shift_slack=None)
     # the file edited by hand: slack lowered, with a consistent accountant record for it
     with pytest.raises(C.CertificateError, match="below the float32 rounding bound"):
@@ -146,11 +147,23 @@ def test_lower_or_missing_slack_is_refused(demo_run):
         bad.verify()
 
 
-def test_certificate_without_slack_still_verifies_but_says_so(demo_run):
+def test_current_format_without_the_slack_is_refused(demo_run):
+    """Deleting the float32 fields and re-deriving a consistent, smaller eps without them: a
+    certificate of the current format must carry every field its guarantee depends on."""
     _, cert = demo_run
-    old = _rebuild(cert, shift_slack=None, d=None, float32_tail_delta=None)
-    assert "shift_slack" not in old.accountant["parameters"]
-    assert "float32_rounding" in old.verify().not_checked_fields()
+    data = cert.to_dict()
+    for key in ("shift_slack", "float32_tail_delta", "d"):
+        del data["parameters"][key]
+    import certunlearn_theory as ct
+    p = data["parameters"]
+    eps = float(ct.epsilon_for(cert.sigma, cert.delta, p["T"], p["C0"], p["C1"], p["gamma"],
+                               p["lam"]))
+    assert eps < cert.eps  # the forged claim is stronger
+    fresh = ct.issue_certificate(cert.sigma, cert.delta, p["T"], p["C0"], p["C1"], p["gamma"],
+                                 p["lam"], sigma0=p["sigma0"], eps=eps)
+    data.update(eps=eps, accountant=fresh.to_dict())
+    with pytest.raises(C.CertificateError, match="lack shift_slack, float32_tail_delta, d"):
+        C.RunCertificate.from_dict(data).verify()
     assert "float32_rounding" not in cert.verify().not_checked_fields()
 
 
@@ -158,9 +171,41 @@ def test_certificate_without_slack_still_verifies_but_says_so(demo_run):
                                   "retrain"])
 def test_v1_fixtures_verify_and_declare_float32_unaccounted(name):
     cert = C.RunCertificate.load(str(FIXTURES / f"run_v1_{name}.json"))
-    fields = cert.verify().not_checked_fields()
-    assert ("float32_rounding" in fields) == (name in ("gradient_clipping", "model_clipping",
-                                                       "output_perturbation"))
+    assert cert.read_from == C.FORMAT_V1 and cert.to_dict()["format"] == C.FORMAT
+    report = cert.verify(allow_unverifiable=True)
+    unaccounted = name in ("gradient_clipping", "model_clipping", "output_perturbation")
+    assert ("float32_rounding" in report.not_checked_fields()) == unaccounted
+    # said first and plainly, with the eps it would have (gradient clipping needs the model)
+    assert bool(report.warnings) == unaccounted
+    if unaccounted:
+        assert report.warnings[0].startswith("format certunlearn.run/1: the guarantee omits "
+                                             "float32 rounding")
+        if name != "gradient_clipping":
+            with_it = float(report.warnings[0].split("eps would be ")[1].split()[0])
+            assert with_it > cert.eps
+
+
+def test_v1_gradient_clipping_eps_with_rounding_given_the_model():
+    cert = C.RunCertificate.load(str(FIXTURES / "run_v1_gradient_clipping.json"))
+    state, _ = C.load_model_file(str(FIXTURES / "run_v1_model.pt"))
+    from certunlearn_train.models import MLP
+    model = MLP(64, 10, (8,))  # the run's model (a plain state dict in version 1)
+    model.load_state_dict(state)
+    assert cert.verify(state).warnings[0].endswith("to compute the eps with it")
+    report = cert.verify(model)
+    text = report.warnings[0]
+    with_it = float(text.split("eps would be ")[1].split()[0])
+    # independently: the slack at that eps, and the accountant's eps with it, is not above
+    import certunlearn_theory as ct
+    p = cert.parameters
+    d = sum(q.numel() for q in model.parameters())
+    acct_delta, tail = C.split_tail_delta(cert.delta)
+    slack = C.float32_shift_slack(sigma=cert.sigma, T=p["T"], d=d, C0=p["C0"], C1=p["C1"],
+                                  gamma=p["gamma"], lam=p["lam"], eps=with_it, delta_tail=tail,
+                                  batch_size=p["batch_size"])
+    need = float(ct.epsilon_for(cert.sigma, acct_delta, p["T"], p["C0"], p["C1"], p["gamma"],
+                                p["lam"], shift_slack=slack))
+    assert cert.eps < need <= with_it
 
 
 def test_calibration_fixed_point_and_larger_sigma():

@@ -18,17 +18,18 @@ from certunlearn_train.unlearn import unlearn
 
 from .helpers import tiny_problem
 
-FIELDS = [f.name for f in dataclasses.fields(C.RunCertificate)]
+FIELDS = C.RunCertificate.json_fields()
 
 
 @pytest.fixture(scope="module")
 def runs():
     model, x, y = tiny_problem()
     out = {}
+    first = next(iter(model.state_dict()))  # a public (frozen) parameter, recorded by hash
     m, c = unlearn(model, (x, y), eps=1.0, delta=1e-5, C0=0.5, C1=0.05, lr=0.1, steps=6,
-                   batch_size=8, finetune_epochs=1, forget_size=3, seed=11, progress=False)
-    names = [next(iter(m.state_dict()))]
-    c = dataclasses.replace(c, public_parameters=C.public_parameters_record(m, names))
+                   batch_size=8, finetune_epochs=1, forget_size=3, seed=11, progress=False,
+                   private=lambda name, p: name != first)
+    assert c.public_parameters["names"] == [first]
     out["gradient_clipping"] = (c, m)
     out["model_clipping"] = unlearn(model, (x, y), eps=1.0, delta=1e-5, method="model_clipping",
                                     C0=0.5, C2=1.0, lam=0.1, lr=0.1, steps=4, batch_size=8,
@@ -91,7 +92,8 @@ def _set(data, path, value):
 def _outcome(data, model):
     """None when refused, else the report's unchecked field names."""
     try:
-        return C.RunCertificate.from_dict(data).verify(model).not_checked_fields()
+        return C.RunCertificate.from_dict(data).verify(
+            model, allow_unverifiable=True).not_checked_fields()
     except C.CertificateError:
         return None
 
@@ -165,7 +167,11 @@ def test_what_verify_declares_unchecked(runs):
 
 def test_retrain_is_never_reported_as_recomputed(runs):
     cert, model = runs["retrain"]
-    report = cert.verify(model)
+    # the Python API refuses what the CLI refuses (exit 3): every check ran, then it raises
+    with pytest.raises(C.NotVerifiableError, match="NOT VERIFIABLE: retrain claims exact") as exc:
+        cert.verify(model)
+    assert [r.model_checked for r in exc.value.reports] == [True]
+    report = cert.verify(model, allow_unverifiable=True)
     assert not report.guarantee_recomputed and report.model_checked
     assert "method" in report.not_checked_fields()
     data = cert.to_dict()
@@ -222,13 +228,18 @@ def test_build_accepts_the_callers_vocabulary():
     cert = C.build_run_certificate(
         method="output_perturbation", sigma=5.0, eps=2.0, delta=1e-5,
         parameters=dict(steps=0, C0=0.5, C1=None, lr=None, lam=0.0, C2=None, sigma0=0.0,
-                        batch_size=64, finetune_epochs=0.0, finetune_lr=0.05), **common)
+                        batch_size=64, finetune_epochs=0.0, finetune_lr=0.05,
+                        shift_slack=C.PROJECTION_SLACK * 0.5), **common)
     assert cert.parameters == {"C0": 0.5, "batch_size": 64, "finetune_epochs": 0.0,
-                               "finetune_lr": None}
+                               "finetune_lr": None, "shift_slack": C.PROJECTION_SLACK * 0.5}
+    tail = C.split_tail_delta(1e-5)[1]
+    slack = C.float32_shift_slack(sigma=2.0, T=5, d=100, C0=0.5, C1=0.1, gamma=0.1, lam=0.0,
+                                  eps=2.0, delta_tail=tail, batch_size=8)
     cert = C.build_run_certificate(
         method="gradient_clipping", sigma=2.0, eps=2.0, delta=1e-5,
         parameters=dict(steps=5, C0=0.5, C1=0.1, lr=0.1, lam=0.0, C2=None, sigma0=0.0,
-                        batch_size=8, clip="batch", finetune_epochs=0.0, finetune_lr=None),
+                        batch_size=8, clip="batch", finetune_epochs=0.0, finetune_lr=None,
+                        shift_slack=slack, float32_tail_delta=tail, d=100),
         **common)
     assert cert.parameters["T"] == 5 and cert.parameters["gamma"] == 0.1
     assert "steps" not in cert.parameters and "lr" not in cert.parameters
@@ -253,5 +264,7 @@ def test_demo_certificate_rewritten_as_retrain_is_never_ok(runs):
         C.RunCertificate.from_dict(data).verify(model)
     data["parameters"] = {"epochs": 1.0, "gamma": 0.1, "batch_size": 8}
     data["public_parameters"] = None
-    report = C.RunCertificate.from_dict(data).verify(model)
+    with pytest.raises(C.NotVerifiableError):
+        C.RunCertificate.from_dict(data).verify(model)
+    report = C.RunCertificate.from_dict(data).verify(model, allow_unverifiable=True)
     assert not report.guarantee_recomputed and "method" in report.not_checked_fields()
