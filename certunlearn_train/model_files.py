@@ -21,8 +21,8 @@ import os
 import warnings
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-__all__ = ["ModelFileError", "save_model_file", "load_model_file", "model_arch", "model_from_arch",
-           "load_model", "import_factory"]
+__all__ = ["ModelFileError", "save_model_file", "model_file_bytes", "load_model_file",
+           "model_arch", "model_from_arch", "load_model", "import_factory"]
 
 
 class ModelFileError(ValueError):
@@ -85,12 +85,16 @@ def save_model_file(path: str, model, arch: Optional[Mapping[str, Any]] = None) 
     ``arch`` is a :func:`model_arch` record, or ``{"factory": "pkg.mod:fn"}``, or empty (then
     loading needs a model factory).
     """
-    import torch
-
     from .certificates import atomic_write_bytes
+    atomic_write_bytes(path, model_file_bytes(model, arch))
+
+
+def model_file_bytes(model, arch: Optional[Mapping[str, Any]] = None) -> bytes:
+    """The bytes :func:`save_model_file` writes (to write them together with other files)."""
+    import torch
     buf = io.BytesIO()
     torch.save({"state_dict": model.state_dict(), "arch": dict(arch or {})}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def load_model_file(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:

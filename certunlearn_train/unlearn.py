@@ -250,16 +250,23 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
     source = distributed.gradient_source(source, flat)  # data parallel inside a process group
     model.train()
     source.probe(x, y)
-    for _ in tqdm(range(steps), desc="noisy steps", disable=not progress, leave=False,
+    for t in tqdm(range(steps), desc="noisy steps", disable=not progress, leave=False,
                   unit="step"):
         idx = next(batches).to(flat.flat.device)
         grads = source(x[idx], y[idx])
         seed, offset = noise.take(d)
-        noisy_step_(flat.flat, grads, lr=lr, weight_decay=lam, clip=C1, noise_std=sigma,
-                    radius=radius, noise_after_projection=True, seed=seed, offset=offset,
-                    norms=source.norms)
+        try:
+            noisy_step_(flat.flat, grads, lr=lr, weight_decay=lam, clip=C1, noise_std=sigma,
+                        radius=radius, noise_after_projection=True, seed=seed, offset=offset,
+                        norms=source.norms)
+        except ValueError as exc:
+            if "non-finite" not in str(exc):
+                raise
+            reason = str(exc).split(": ", 1)[-1].split(";")[0]
+            raise ValueError(f"the noisy phase diverged at step {t} ({reason}): the loss or the "
+                             "weights overflowed; lower C0 or lr") from None
     if not bool(torch.isfinite(flat.flat).all()):
-        raise ValueError("the noisy phase produced non-finite weights; lower lr")
+        raise ValueError("the noisy phase produced non-finite weights; lower C0 or lr")
 
 
 def noisy_steps(method: str, lam: float, C0: float, C1: float, lr: float, n: int,

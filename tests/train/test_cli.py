@@ -75,10 +75,10 @@ def test_train_unlearn_evaluate_verify(trained, capsys):
 ])
 def test_unlearn_other_methods(trained, capsys, method, extra, code):
     folder, model = trained
-    cfg = _config(folder, model, method=method, **extra)
+    cfg = _config(folder, model, method=method, out=str(folder / method), **extra)
     assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 0
-    assert main(["verify", str(folder / "out" / "certificate.json"),
-                 str(folder / "out" / "model.pt")]) == code
+    assert main(["verify", str(folder / method / "certificate.json"),
+                 str(folder / method / "model.pt")]) == code
     out = capsys.readouterr().out
     if method == "retrain":
         assert "NOT VERIFIABLE: retrain claims exact unlearning; exact retraining cannot be " \
@@ -208,9 +208,10 @@ def test_truncated_model_file(trained, tmp_path, capsys):
 
 def test_verify_swapped_and_bad_files(trained, tmp_path, capsys):
     folder, model = trained
-    assert main(["unlearn", "--config", str(_config(folder, model)), "--no-progress"]) == 0
+    assert main(["unlearn", "--config", str(_config(tmp_path, model, out=str(tmp_path / "out"))),
+                 "--no-progress"]) == 0
     capsys.readouterr()
-    cert, out = str(folder / "out" / "certificate.json"), str(folder / "out" / "model.pt")
+    cert, out = str(tmp_path / "out" / "certificate.json"), str(tmp_path / "out" / "model.pt")
     assert main(["verify", out, cert]) == 2
     assert "look swapped" in _one_line_error(capsys, "certunlearn verify: error:")
     junk = tmp_path / "junk.pt"
@@ -346,7 +347,7 @@ def test_forget_indices_file_text_and_npy(trained, tmp_path, capsys):
     for source in (txt, npy):
         cfg = _config(tmp_path, model, forget_fraction=None, forget_indices_file=str(source),
                       out=str(tmp_path / "run"))
-        assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 0
+        assert main(["unlearn", "--config", str(cfg), "--no-progress", "--overwrite"]) == 0
         assert "-unlearning of 4 points" in capsys.readouterr().out
         cert = json.loads((tmp_path / "run" / "certificate.json").read_text())
         assert cert["forget_size"] == 4 and cert["retain_size"] == 1438 - 4
@@ -449,3 +450,89 @@ def test_unlearn_output_under_proc_or_a_file(trained, tmp_path, capsys):
         assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 1
         _one_line_error(capsys, "certunlearn unlearn: error:")
     assert not os.path.exists("/proc/certunlearn-run") and blocker.read_text() == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Results are never replaced silently, never the input, and the pair is written together
+# ----------------------------------------------------------------------------------------------
+
+def _hashes(folder):
+    import hashlib
+    return {p: hashlib.sha256((folder / p).read_bytes()).hexdigest()
+            for p in sorted(os.listdir(folder))}
+
+
+def test_unlearn_never_replaces_a_result_unless_asked_and_never_its_input(trained, tmp_path,
+                                                                         capsys):
+    folder, model = trained
+    out = tmp_path / "run"
+    cfg = _config(tmp_path, model, out=str(out))
+    assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 0
+    first = _hashes(out)
+    assert sorted(first) == ["certificate.json", "model.pt"]
+    capsys.readouterr()
+    assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 2
+    assert "already exist: give --overwrite" in _one_line_error(capsys, "certunlearn unlearn:")
+    assert _hashes(out) == first
+    # the model it reads, in the folder it writes: refused, --overwrite or not
+    again = _config(tmp_path, out / "model.pt", name="again.json", out=str(out), seed=6)
+    for extra in ([], ["--overwrite"]):
+        assert main(["unlearn", "--config", str(again), "--no-progress", *extra]) == 2
+        assert "is also an input of this run" in _one_line_error(capsys, "certunlearn unlearn:")
+        assert _hashes(out) == first
+    assert main(["unlearn", "--config", str(_config(tmp_path, model, out=str(out), seed=6)),
+                 "--no-progress", "--overwrite"]) == 0
+    replaced = _hashes(out)
+    assert replaced["model.pt"] != first["model.pt"]
+    assert replaced["certificate.json"] != first["certificate.json"]
+
+
+def test_unlearn_checks_both_result_paths_before_the_work(trained, tmp_path, capsys,
+                                                          monkeypatch):
+    import certunlearn_train.cli as cli
+    folder, model = trained
+    out = tmp_path / "run"
+    (out / "certificate.json").mkdir(parents=True)
+    monkeypatch.setattr(cli, "_load_data", lambda *a: pytest.fail("the work started"))
+    cfg = _config(tmp_path, model, out=str(out))
+    for extra in ([], ["--overwrite"]):
+        assert main(["unlearn", "--config", str(cfg), "--no-progress", *extra]) == 2
+        assert "certificate.json' is an existing directory" in _one_line_error(
+            capsys, "certunlearn unlearn:")
+        assert os.listdir(out) == ["certificate.json"]
+
+
+def test_train_never_replaces_a_model_unless_asked(tmp_path, capsys):
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"earlier")
+    argv = ["train", "--out", str(path), "--epochs", "1", "--hidden", "4", "--no-progress"]
+    assert main(argv) == 2
+    assert "m.pt' already exists" in _one_line_error(capsys, "certunlearn train: error:")
+    assert path.read_bytes() == b"earlier"
+    assert main(argv + ["--overwrite"]) == 0
+    assert path.read_bytes() != b"earlier"
+
+
+def test_the_pair_is_written_together_or_not_at_all(tmp_path, monkeypatch):
+    import certunlearn_train.cli as cli
+    a, b = tmp_path / "model.pt", tmp_path / "certificate.json"
+    a.write_bytes(b"old model")
+    b.write_bytes(b"old certificate")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst) == str(b):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+    monkeypatch.setattr(cli.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        cli._write_together([(str(a), b"new model"), (str(b), b"new certificate")])
+    monkeypatch.setattr(cli.os, "replace", real_replace)
+    assert a.read_bytes() == b"old model" and b.read_bytes() == b"old certificate"
+    assert sorted(os.listdir(tmp_path)) == ["certificate.json", "model.pt"]  # no leftovers
+    b.unlink()  # a first run: neither file may be left
+    a.unlink()
+    monkeypatch.setattr(cli.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        cli._write_together([(str(a), b"new model"), (str(b), b"new certificate")])
+    assert os.listdir(tmp_path) == []
