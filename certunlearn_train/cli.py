@@ -337,9 +337,20 @@ def _unlearn(args) -> int:
         sign_key = load_private_key(cfg["sign_key"])
     from .model_files import load_model
     model, arch = load_model(cfg["model_file"], cfg["model_factory"])
+    _check_model_kind(model, cfg["model_file"])
     with _OutputFolder(cfg["out"]) if writer else contextlib.nullcontext():
         _set_threads(cfg["threads"])
         return _unlearn_work(cfg, model, arch, sign_key, progress=not args.no_progress)
+
+
+def _check_model_kind(model, path) -> None:
+    """A model no run can unlearn (BatchNorm, ...) is a file of the wrong kind: exit code 1,
+    like any other unusable model file."""
+    from .models import check_unlearnable
+    try:
+        check_unlearnable(model)
+    except ValueError as exc:
+        raise FileProblem(f"{path}: {exc}") from None
 
 
 def _unlearn_settings(cfg) -> dict:
@@ -635,8 +646,58 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+class _QuietClosedPipe:
+    """``sys.stdout`` for one command: once the reader has gone (``| head -1``), the rest of the
+    output is dropped quietly, as other command-line tools do, and the command still ends with
+    its own exit code."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.gone = False
+
+    def _closed(self) -> None:
+        self.gone = True
+        try:  # the interpreter's last flush at exit must not fail either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def write(self, text):
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._closed()
+        return len(text)
+
+    def flush(self):
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._closed()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None) -> int:
     """Run the console script; return the exit code (never raises, never prints a traceback)."""
+    stdout = sys.stdout
+    guard = _QuietClosedPipe(stdout)
+    sys.stdout = guard
+    try:
+        code = _main(argv)
+        guard.flush()
+        return code
+    finally:
+        if sys.stdout is guard:
+            sys.stdout = stdout
+
+
+def _main(argv=None) -> int:
     prog = "certunlearn"
     try:
         try:
@@ -658,13 +719,14 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - mapped to one line and an exit code below
         from .certificates import CertificateError
+        from .config import ConfigFileError
         from .data import DataFileError
         from .model_files import ModelFileError
         from .signing import SigningError
         # OSError includes distributed.DistributedError (a ConnectionError): a rank that
         # stopped or timed out, or replicas that diverged, under torchrun
         if isinstance(exc, (FileProblem, ModelFileError, CertificateError, SigningError,
-                            DataFileError, OSError)):
+                            DataFileError, ConfigFileError, OSError)):
             code = EXIT_FAILED
         elif isinstance(exc, ValueError):
             code = EXIT_USAGE

@@ -30,11 +30,15 @@ from typing import Any, Dict
 
 from .checks import MAX_STEPS, int_problem, real_problem
 
-__all__ = ["ConfigError", "load_config", "validate_config", "CONFIG_KEYS"]
+__all__ = ["ConfigError", "ConfigFileError", "load_config", "validate_config", "CONFIG_KEYS"]
 
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names it."""
+
+
+class ConfigFileError(ConfigError):
+    """The configuration file is missing, unreadable or not text (exit code 1, not 2)."""
 
 
 def _real(low=None, high=None, low_open=False, allow_inf=False, high_open=False):
@@ -196,12 +200,17 @@ def _unique_key_loader(path: str):
 def load_config(path: str) -> Dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or JSON file and validate it."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist")
+        raise ConfigFileError(f"config file {path!r} does not exist")
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read(1 << 20)
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (not UTF-8)") from None
+        raise ConfigFileError(f"{path}: not a text file (not UTF-8)") from None
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read config file {path!r}: {exc.strerror or exc}"
+                              ) from None
+    if "\x00" in text:
+        raise ConfigFileError(f"{path}: not a text file (it holds NUL bytes)")
     if path.endswith(".json"):
         def no_duplicates(pairs):
             seen = set()

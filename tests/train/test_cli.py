@@ -420,10 +420,17 @@ def test_model_factory_with_a_plain_state_dict(tmp_path, monkeypatch, capsys):
     for spec, message in (("my_arch_mod:not_a_module", "must return an nn.Module"),
                           ("my_arch_mod:nothing", "has no callable 'nothing'"),
                           ("my_arch_mod:exits", "failed: SystemExit: 5"),
-                          ("no_such_module_xyz:build", "cannot import"),
-                          ("just-a-name", "must be 'package.module:function'")):
+                          ("no_such_module_xyz:build", "cannot import")):
         assert main(["evaluate", str(tmp_path / "plain.pt"), "--model-factory", spec]) == 1
         assert message in _one_line_error(capsys, "certunlearn evaluate: error:")
+    # a malformed name is a usage error, like any other bad argument
+    cfg3 = _config(tmp_path, tmp_path / "plain.pt", name="c3.json", out=str(tmp_path / "run3"))
+    for spec in ("just-a-name", "a:b:c", "my arch:build", "my_arch_mod:"):
+        for argv in (["evaluate", str(tmp_path / "plain.pt")],
+                     ["unlearn", "--config", str(cfg3), "--no-progress"]):
+            assert main(argv + ["--model-factory", spec]) == 2
+            assert "must be 'package.module:function'" in _one_line_error(capsys, "certunlearn")
+    assert not (tmp_path / "run3").exists()
 
 
 def test_accountant_commands_do_not_import_torch():
@@ -536,3 +543,95 @@ def test_the_pair_is_written_together_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         cli._write_together([(str(a), b"new model"), (str(b), b"new certificate")])
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Exit codes and messages
+# ----------------------------------------------------------------------------------------------
+
+def test_verify_a_certificate_with_a_huge_integer_is_a_bad_certificate(trained, tmp_path,
+                                                                       capsys):
+    folder, model = trained
+    out = tmp_path / "run"
+    assert main(["unlearn", "--config", str(_config(tmp_path, model, out=str(out))),
+                 "--no-progress"]) == 0
+    text = (out / "certificate.json").read_text()
+    huge = tmp_path / "huge.json"
+    huge.write_text(re.sub(r'"retain_size": \d+', '"retain_size": ' + "9" * 5000, text))
+    capsys.readouterr()
+    assert main(["verify", str(huge), str(out / "model.pt")]) == 1
+    assert "integer too long" in _one_line_error(capsys, "certunlearn verify: FAILED:")
+
+
+ARCHS = """
+from torch import nn
+
+
+def with_batchnorm():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Linear(16, 10))
+
+
+def wider():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def renamed():
+    return nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(64, 16)), nn.ReLU(),
+                         nn.Linear(16, 10))
+"""
+
+
+def test_model_factory_from_the_current_folder_and_its_failures(tmp_path, monkeypatch, capsys):
+    import torch
+    from torch import nn
+    monkeypatch.chdir(tmp_path)  # as documented: my_arch.py next to the config, no PYTHONPATH
+    (tmp_path / "local_arch_xyz.py").write_text(ARCHS)
+    sys.modules.pop("local_arch_xyz", None)
+    assert str(tmp_path) not in sys.path and "" not in sys.path
+    torch.manual_seed(0)
+    bn = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Linear(16, 10))
+    torch.save(bn.state_dict(), "bn.pt")
+    cfg = _config(tmp_path, "bn.pt", out="run")
+    assert main(["unlearn", "--config", str(cfg), "--no-progress", "--model-factory",
+                 "local_arch_xyz:with_batchnorm"]) == 1  # an unusable model, like the others
+    assert "BatchNorm1d" in _one_line_error(capsys, "certunlearn unlearn: error: bn.pt:")
+    assert str(tmp_path) not in sys.path  # the folder was on the path for the import only
+    for spec, parts in (("wider", ["size mismatch for 1.weight", "[16, 64]", "[32, 64]"]),
+                        ("renamed", ['Missing key(s) in state_dict: "1.0.weight"',
+                                     'Unexpected key(s) in state_dict: "1.weight"'])):
+        assert main(["evaluate", "bn.pt", "--model-factory", f"local_arch_xyz:{spec}"]) == 1
+        err = _one_line_error(capsys, "certunlearn evaluate: error: weights do not fit")
+        assert all(part in err for part in parts), err
+    assert not os.path.exists("run")
+
+
+def test_a_random_file_as_a_model_is_one_short_reason(tmp_path, capsys):
+    bad = tmp_path / "random.pt"
+    bad.write_bytes(bytes(range(256)) * 2)
+    assert main(["evaluate", str(bad)]) == 1
+    err = _one_line_error(capsys, "certunlearn evaluate: error:")
+    assert "not a certunlearn model file" in err
+    assert "weights_only" not in err and "PyTorch" not in err and len(err) < 300, err
+
+
+@pytest.mark.parametrize("content", [None, b"\xff\xfe\x00binary", b"model_file: \x00"])
+def test_a_missing_or_binary_config_file_exits_1(tmp_path, capsys, content):
+    path = tmp_path / "c.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["unlearn", "--config", str(path), "--no-progress"]) == 1
+    _one_line_error(capsys, "certunlearn unlearn: error:")
+
+
+def test_a_closed_pipe_ends_the_command_quietly(trained, tmp_path):
+    folder, model = trained
+    out = tmp_path / "run"
+    assert main(["unlearn", "--config", str(_config(tmp_path, model, out=str(out))),
+                 "--no-progress"]) == 0
+    argv = [sys.executable, "-m", "certunlearn_train.cli", "verify", str(out / "certificate.json"),
+            str(out / "model.pt")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line (`| head -0`)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0
+    assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err, err
