@@ -35,6 +35,13 @@ PRESET_PLANS = {
 }
 
 
+def _stderr_is_a_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def run_experiment_command(args) -> int:
     import os
 
@@ -70,7 +77,7 @@ def run_experiment_command(args) -> int:
         return 2
     out = args.out or os.path.join("runs", f"experiment-{cfg.get('name', 'custom')}")
     try:
-        exp = Experiment(cfg, out, progress=not args.no_progress)
+        exp = Experiment(cfg, out, progress=not args.no_progress and _stderr_is_a_terminal())
         exp.run()
     except OSError as exc:
         where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
@@ -103,5 +110,6 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", help="directory of the MNIST / CIFAR-10 files")
     p.add_argument("--device", help="cpu, cuda or auto (default: the preset's)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: the preset's)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide the progress bar (shown only when stderr is a terminal)")
     p.set_defaults(handler=run_experiment_command)

@@ -635,3 +635,51 @@ def test_a_closed_pipe_ends_the_command_quietly(trained, tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 0
     assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err, err
+
+
+# ----------------------------------------------------------------------------------------------
+# What a newcomer meets first
+# ----------------------------------------------------------------------------------------------
+
+def test_the_example_config_runs_as_documented(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "digits", "--model", "mlp", "--epochs", "2",
+                 "--out", "runs/original.pt"]) == 0
+    example = os.path.join(REPO, "examples", "unlearn.yaml")
+    assert main(["unlearn", "--config", example]) == 0
+    assert "gradient_clipping: (1, 1e-5)-unlearning of 144 points" in capsys.readouterr().out
+    assert main(["verify", "runs/unlearned/certificate.json", "runs/unlearned/model.pt"]) == 0
+    assert "OK: gradient_clipping" in capsys.readouterr().out
+
+
+def test_keygen_creates_the_documented_key_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["keygen", "--out", "keys/run.key"]) == 0
+    assert sorted(os.listdir("keys")) == ["run.key", "run.key.pub"]
+    assert main(["keygen", "--out", "keys/run.key"]) == 1  # never overwritten
+    assert "already exists" in _one_line_error(capsys, "certunlearn keygen: error:")
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "m.pt"), "--epochs", "1", "--hidden",
+                 "4"]) == 0
+    assert "\r" not in capsys.readouterr().err
+    parser = __import__("certunlearn_train.cli", fromlist=["build_parser"]).build_parser()
+    for argv in (["demo"], ["train", "--out", "m.pt"], ["unlearn", "--config", "c.yaml"],
+                 ["evaluate", "m.pt"], ["experiment", "--preset", "digits"]):
+        assert parser.parse_args(argv + ["--no-progress"]).no_progress
+    assert parser.parse_args(["train", "--out", "m.pt"]).threads == 1
+
+
+def test_demo_help_and_output_folder(tmp_path, monkeypatch, capsys):
+    assert main(["demo", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "10%" in text and "%%" not in text
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--quick", "--out", "", "--no-progress"]) == 2
+    assert "--out must name a folder" in _one_line_error(capsys, "certunlearn demo: error:")
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "model.pt").write_bytes(b"an earlier result")
+    assert main(["demo", "--quick", "--out", "earlier", "--no-progress"]) == 2
+    assert "already exists: give --overwrite" in _one_line_error(capsys, "certunlearn demo:")
+    assert sorted(os.listdir(tmp_path)) == ["earlier"]
