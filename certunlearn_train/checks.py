@@ -145,6 +145,9 @@ def check_device(device) -> Optional[torch.device]:
         if count == 0 or (dev.index is not None and dev.index >= count):
             raise ValueError(f"device {device!r} does not exist here: {count} CUDA device(s) "
                              "available")
+    elif dev.type == "meta":
+        raise ValueError(f"device must be one that holds data, such as 'cpu' or 'cuda:0', got "
+                         f"{device!r} (a meta tensor has a shape but no values)")
     elif dev.type != "cpu":
         try:
             torch.empty(0, device=dev)

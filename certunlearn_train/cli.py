@@ -124,6 +124,72 @@ def _check_output_file(path: str, option: str) -> None:
     _probe_writable(parent)
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name the same file (or would: the same absolute real path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_results(paths: List[str], inputs: List[str], overwrite: bool) -> None:
+    """Result files about to be written: none is a folder, none is a file this run reads, and
+    none exists already unless ``overwrite``."""
+    for path in paths:
+        for source in inputs:
+            if source and _same_file(path, source):
+                raise UsageError(f"{path!r} is also an input of this run ({source!r}); write "
+                                 "the result elsewhere (--overwrite never replaces an input)")
+        if os.path.isdir(path):
+            raise UsageError(f"{path!r} is an existing directory; the run writes a file there")
+    existing = [p for p in paths if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise UsageError(f"{' and '.join(map(repr, existing))} already "
+                         f"{'exists' if len(existing) == 1 else 'exist'}: give --overwrite to "
+                         "replace, or another output path")
+
+
+def _write_together(files: List[tuple]) -> None:
+    """Write ``[(path, bytes), ...]`` so that either every file is new or none changed.
+
+    Each file is first written in full to a temporary file next to it; then the temporary files
+    are renamed over their targets, and if one rename fails the targets already replaced get
+    their previous content back (hard links kept until the end).
+    """
+    temps, done = [], []
+    try:
+        for path, data in files:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                       prefix=".tmp-", suffix=os.path.basename(path))
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for (path, _), tmp in zip(files, temps):
+            old = None
+            if os.path.lexists(path):
+                old = tmp + ".old"
+                os.link(path, old)
+            done.append((path, old))
+            os.replace(tmp, path)
+    except BaseException:
+        for path, old in reversed(done):
+            try:
+                if old is not None:
+                    os.replace(old, path)
+                elif os.path.lexists(path):
+                    os.unlink(path)
+            except OSError:
+                pass
+        raise
+    finally:
+        for tmp in temps:
+            for leftover in (tmp, tmp + ".old"):
+                if os.path.lexists(leftover):
+                    os.unlink(leftover)
+
+
 class _OutputFolder:
     """Create (or reuse) an output folder before the work; remove what was created if the run
     fails or is interrupted and left the folder empty."""
@@ -168,6 +234,21 @@ class _OutputFolder:
         return False
 
 
+def _progress(args) -> bool:
+    """Progress bars only on a terminal: a log file or a pipe gets no carriage-return lines."""
+    if getattr(args, "no_progress", False):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _no_progress_arg(p) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide progress bars (they are shown only when stderr is a terminal)")
+
+
 def _set_threads(n):
     if n is not None:
         import torch
@@ -191,10 +272,15 @@ def _fmt_guarantee(eps, delta) -> str:
 
 def _demo(args) -> int:
     from .demo import fresh_run_dir_name, run_demo
+    if args.out is not None and not args.out.strip():
+        raise UsageError("--out must name a folder, got an empty string (leave --out out for a "
+                         "fresh folder under runs/)")
     out = args.out or fresh_run_dir_name("demo")
+    _check_results([os.path.join(out, "model.pt"), os.path.join(out, "certificate.json")], [],
+                   args.overwrite)
     with _OutputFolder(out):
         _set_threads(args.threads)
-        result = run_demo(out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+        result = run_demo(out, quick=args.quick, seed=args.seed, progress=_progress(args))
     print(f"output folder: {result['out']}")
     return 0
 
@@ -214,12 +300,20 @@ def _forget_split(train_set, fraction, classes, seed, indices_file=None):
 
 
 def _train(args) -> int:
-    _check_output_file(args.out, "--out")
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out!r} is an existing directory; give a file path")
+    _check_results([args.out], [], args.overwrite)
+    with _OutputFolder(os.path.dirname(os.path.abspath(args.out))):  # runs/ made if missing
+        _check_output_file(args.out, "--out")
+        return _train_work(args)
+
+
+def _train_work(args) -> int:
     _set_threads(args.threads)
     import torch
 
     from .evaluate import evaluate_model
-    from .model_files import model_arch, save_model_file
+    from .model_files import model_arch, model_file_bytes
     from .models import build_model
     from .train import train
     train_set, test_set = _load_data(args.data, args.data_root, args.test_fraction,
@@ -229,11 +323,11 @@ def _train(args) -> int:
         torch.manual_seed(args.seed)
     model = build_model(args.model, train_set.x.shape[1:], train_set.num_classes, **kwargs)
     train(model, train_set.tensors(), epochs=args.epochs, lr=args.lr,
-          batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+          batch_size=args.batch_size, seed=args.seed, progress=_progress(args))
     data_info = {"name": args.data, "root": args.data_root, "test_fraction": args.test_fraction,
                  "split_seed": args.split_seed}
-    save_model_file(args.out, model, model_arch(args.model, train_set.x.shape[1:],
-                                                train_set.num_classes, data_info, **kwargs))
+    _write_together([(args.out, model_file_bytes(model, model_arch(
+        args.model, train_set.x.shape[1:], train_set.num_classes, data_info, **kwargs)))])
     r = evaluate_model(model, retain=train_set.tensors(), test=test_set.tensors())
     print(f"trained {args.model} on {len(train_set)} {args.data} images: train acc "
           f"{r['retain_acc']:.3f}, test acc {r['test_acc']:.3f}; wrote {args.out}")
@@ -251,22 +345,51 @@ def _unlearn(args) -> int:
     if args.model_factory is not None:
         cfg["model_factory"] = args.model_factory
     writer = distributed.is_writer()  # data parallel: only rank 0 signs and writes files
+    if writer:  # before any work: never an input, never an earlier result unless --overwrite
+        _check_results([os.path.join(cfg["out"], "model.pt"),
+                        os.path.join(cfg["out"], "certificate.json")],
+                       [cfg["model_file"], cfg["forget_indices_file"], cfg["sign_key"],
+                        args.config], args.overwrite)
+    if cfg["method"] in ("gradient_clipping", "model_clipping"):
+        from .unlearn import check_settings  # every scalar, before the model and data load
+        check_settings(**_unlearn_settings(cfg))
     sign_key = None
     if cfg["sign_key"] is not None and writer:  # a bad key fails before the work, not after
         from .signing import load_private_key
         sign_key = load_private_key(cfg["sign_key"])
     from .model_files import load_model
     model, arch = load_model(cfg["model_file"], cfg["model_factory"])
+    _check_model_kind(model, cfg["model_file"])
     with _OutputFolder(cfg["out"]) if writer else contextlib.nullcontext():
         _set_threads(cfg["threads"])
-        return _unlearn_work(cfg, model, arch, sign_key, progress=not args.no_progress)
+        return _unlearn_work(cfg, model, arch, sign_key, progress=_progress(args))
+
+
+def _check_model_kind(model, path) -> None:
+    """A model no run can unlearn (BatchNorm, ...) is a file of the wrong kind: exit code 1,
+    like any other unusable model file."""
+    from .models import check_unlearnable
+    try:
+        check_unlearnable(model)
+    except ValueError as exc:
+        raise FileProblem(f"{path}: {exc}") from None
+
+
+def _unlearn_settings(cfg) -> dict:
+    """The keyword arguments of ``unlearn()`` that a config sets (not the data or the seed)."""
+    return dict(eps=cfg["eps"], delta=cfg["delta"], method=cfg["method"], steps=cfg["steps"],
+                epochs=cfg["epochs"], C0=cfg["C0"],
+                C1=cfg["C1"] if cfg["C1"] is not None else float("inf"), lr=cfg["lr"],
+                lam=cfg["lam"], C2=cfg["C2"], sigma0=cfg["sigma0"],
+                batch_size=cfg["batch_size"], clip=cfg["clip"],
+                finetune_epochs=cfg["finetune_epochs"], finetune_lr=cfg["finetune_lr"])
 
 
 def _unlearn_work(cfg, model, arch, sign_key, progress) -> int:
     from . import distributed
     from .baselines import output_perturbation, retrain
     from .evaluate import evaluate_model
-    from .model_files import save_model_file
+    from .model_files import model_file_bytes
     from .unlearn import unlearn
     train_set, test_set = _load_data(cfg["data"], cfg["data_root"], cfg["test_fraction"],
                                      cfg["split_seed"])
@@ -286,13 +409,7 @@ def _unlearn_work(cfg, model, arch, sign_key, progress) -> int:
             finetune_epochs=cfg["finetune_epochs"], finetune_lr=cfg["finetune_lr"] or cfg["lr"],
             batch_size=cfg["batch_size"], **common)
     else:
-        out_model, cert = unlearn(
-            model, retain, eps=cfg["eps"], delta=cfg["delta"], method=method,
-            steps=cfg["steps"], epochs=cfg["epochs"], C0=cfg["C0"],
-            C1=cfg["C1"] if cfg["C1"] is not None else float("inf"), lr=cfg["lr"],
-            lam=cfg["lam"], C2=cfg["C2"], sigma0=cfg["sigma0"], batch_size=cfg["batch_size"],
-            clip=cfg["clip"], finetune_epochs=cfg["finetune_epochs"],
-            finetune_lr=cfg["finetune_lr"], **common)
+        out_model, cert = unlearn(model, retain, **_unlearn_settings(cfg), **common)
     if not distributed.is_writer():  # data parallel: rank 0 writes the files and reports
         return 0
     if sign_key is not None:
@@ -306,8 +423,9 @@ def _unlearn_work(cfg, model, arch, sign_key, progress) -> int:
         forget_classes=cfg["forget_classes"], forget_seed=cfg["forget_seed"],
         forget_indices_file=None if cfg["forget_indices_file"] is None
         else os.path.abspath(cfg["forget_indices_file"])))
-    save_model_file(model_path, out_model, arch)
-    cert.save(cert_path)
+    # both files or neither: a failure while writing leaves an earlier result as it was
+    _write_together([(model_path, model_file_bytes(out_model, arch)),
+                     (cert_path, (cert.to_json() + "\n").encode())])
     r = evaluate_model(out_model, retain=retain, forget=forget_set.tensors(),
                        test=test_set.tensors())
     print(f"{cert.method}: {_fmt_guarantee(cert.eps, cert.delta)}-unlearning of "
@@ -458,8 +576,11 @@ def _verify(args) -> int:
 
 def _keygen(args) -> int:
     from .signing import generate_key_files
-    _check_output_file(args.out, "--out")
-    fp = generate_key_files(args.out)
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out!r} is an existing directory; give a file path")
+    with _OutputFolder(os.path.dirname(os.path.abspath(args.out))):  # keys/ made if missing
+        _check_output_file(args.out, "--out")
+        fp = generate_key_files(args.out)
     print(f"wrote private key {args.out} (mode 0600; keep it secret) and public key "
           f"{args.out}.pub (fingerprint {fp})")
     return 0
@@ -473,7 +594,7 @@ def _register_training(subparsers) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
         "demo", help="train on digits, forget 10%% with a certificate, compare with retraining",
-        description="Train an MLP on scikit-learn's digits, unlearn a random 10%% of the "
+        description="Train an MLP on scikit-learn's digits, unlearn a random 10% of the "
                     "training set by gradient clipping at (eps, delta) = (1, 1e-5), fine-tune, "
                     "and compare with retraining from scratch. Writes certificate.json and "
                     "model.pt.", epilog=_EPILOG, formatter_class=fmt)
@@ -482,7 +603,9 @@ def _register_training(subparsers) -> None:
     p.add_argument("--seed", type=_SEED, default=None,
                    help="fix every random choice, the unlearning noise included (a "
                         "reproduction, not a private release)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _no_progress_arg(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the certificate and model of an earlier run in --out")
     _threads_arg(p, default=1)
     p.set_defaults(handler=_demo)
 
@@ -499,8 +622,11 @@ def _register_training(subparsers) -> None:
     p.add_argument("--batch-size", type=_POS_INT, default=64)
     p.add_argument("--seed", type=_SEED, default=None)
     p.add_argument("--out", required=True, help="path of the model file to write")
-    p.add_argument("--no-progress", action="store_true")
-    _threads_arg(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _no_progress_arg(p)
+    # one thread: 40 epochs of the digits MLP took 2.9-3.6 s on 1 thread and 6-8 s on torch's
+    # default (2 threads) on a 2-core machine; larger models can ask for more
+    _threads_arg(p, default=1)
     p.set_defaults(handler=_train)
 
     p = subparsers.add_parser("unlearn", help="unlearn a forget set as a config file describes",
@@ -511,7 +637,10 @@ def _register_training(subparsers) -> None:
     p.add_argument("--model-factory", metavar="PKG.MOD:FN",
                    help="build the model with FN() and load the file's state dict into it "
                         "(overrides model_factory)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the certificate.json and model.pt of an earlier run in out "
+                        "(never the model_file this run reads)")
+    _no_progress_arg(p)
     p.add_argument("--dist-timeout", type=_POS_FLOAT, default=None, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others before the run "
                         "fails (default $CERTUNLEARN_DIST_TIMEOUT or 300)")
@@ -528,6 +657,7 @@ def _register_training(subparsers) -> None:
     p.add_argument("--forget-fraction", type=_FRACTION)
     p.add_argument("--forget-classes", type=_CLASS, nargs="+")
     p.add_argument("--forget-seed", type=_SEED)
+    _no_progress_arg(p)  # evaluate shows none; accepted so every training command takes it
     _threads_arg(p)
     p.set_defaults(handler=_evaluate)
 
@@ -581,8 +711,58 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+class _QuietClosedPipe:
+    """``sys.stdout`` for one command: once the reader has gone (``| head -1``), the rest of the
+    output is dropped quietly, as other command-line tools do, and the command still ends with
+    its own exit code."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.gone = False
+
+    def _closed(self) -> None:
+        self.gone = True
+        try:  # the interpreter's last flush at exit must not fail either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def write(self, text):
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._closed()
+        return len(text)
+
+    def flush(self):
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._closed()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None) -> int:
     """Run the console script; return the exit code (never raises, never prints a traceback)."""
+    stdout = sys.stdout
+    guard = _QuietClosedPipe(stdout)
+    sys.stdout = guard
+    try:
+        code = _main(argv)
+        guard.flush()
+        return code
+    finally:
+        if sys.stdout is guard:
+            sys.stdout = stdout
+
+
+def _main(argv=None) -> int:
     prog = "certunlearn"
     try:
         try:
@@ -604,13 +784,14 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - mapped to one line and an exit code below
         from .certificates import CertificateError
+        from .config import ConfigFileError
         from .data import DataFileError
         from .model_files import ModelFileError
         from .signing import SigningError
         # OSError includes distributed.DistributedError (a ConnectionError): a rank that
         # stopped or timed out, or replicas that diverged, under torchrun
         if isinstance(exc, (FileProblem, ModelFileError, CertificateError, SigningError,
-                            DataFileError, OSError)):
+                            DataFileError, ConfigFileError, OSError)):
             code = EXIT_FAILED
         elif isinstance(exc, ValueError):
             code = EXIT_USAGE

@@ -28,19 +28,23 @@ import json
 import os
 from typing import Any, Dict
 
-from .checks import int_problem, real_problem
+from .checks import MAX_STEPS, int_problem, real_problem
 
-__all__ = ["ConfigError", "load_config", "validate_config", "CONFIG_KEYS"]
+__all__ = ["ConfigError", "ConfigFileError", "load_config", "validate_config", "CONFIG_KEYS"]
 
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names it."""
 
 
-def _real(low=None, high=None, low_open=False, allow_inf=False):
+class ConfigFileError(ConfigError):
+    """The configuration file is missing, unreadable or not text (exit code 1, not 2)."""
+
+
+def _real(low=None, high=None, low_open=False, allow_inf=False, high_open=False):
     def check(v):
-        return real_problem(v, low=low, high=high, low_open=low_open, allow_inf=allow_inf,
-                            noun="a number", detail=True)
+        return real_problem(v, low=low, high=high, low_open=low_open, high_open=high_open,
+                            allow_inf=allow_inf, noun="a number", detail=True)
     check.numeric = True
     return check
 
@@ -74,8 +78,8 @@ def _optional(check):
     return inner
 
 
-#: Upper limits that keep a typo (steps: 1e30) from starting a run that never ends.
-MAX_STEPS = 10 ** 9
+#: Upper limits that keep a typo (steps: 1e30) from starting a run that never ends; the step
+#: limit is unlearn()'s own, so a config it would refuse is refused before any work.
 MAX_EPOCHS = 1e6
 
 #: key -> (validator, default). A default of ``...`` means required.
@@ -92,7 +96,7 @@ CONFIG_KEYS: Dict[str, Any] = {
     "method": (_choice("gradient_clipping", "model_clipping", "output_perturbation", "retrain"),
                "gradient_clipping"),
     "eps": (_real(0.0, low_open=True), 1.0),
-    "delta": (_real(0.0, 1.0, low_open=True), 1e-5),
+    "delta": (_real(0.0, 1.0, low_open=True, high_open=True), 1e-5),
     "steps": (_optional(_int(1, MAX_STEPS)), None),
     "epochs": (_optional(_real(0.0, MAX_EPOCHS, low_open=True)), None),
     "C0": (_optional(_real(0.0, low_open=True)), None),
@@ -196,12 +200,17 @@ def _unique_key_loader(path: str):
 def load_config(path: str) -> Dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or JSON file and validate it."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist")
+        raise ConfigFileError(f"config file {path!r} does not exist")
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read(1 << 20)
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (not UTF-8)") from None
+        raise ConfigFileError(f"{path}: not a text file (not UTF-8)") from None
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read config file {path!r}: {exc.strerror or exc}"
+                              ) from None
+    if "\x00" in text:
+        raise ConfigFileError(f"{path}: not a text file (it holds NUL bytes)")
     if path.endswith(".json"):
         def no_duplicates(pairs):
             seen = set()

@@ -18,11 +18,12 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import sys
 import warnings
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-__all__ = ["ModelFileError", "save_model_file", "load_model_file", "model_arch", "model_from_arch",
-           "load_model", "import_factory"]
+__all__ = ["ModelFileError", "FactorySpecError", "save_model_file", "model_file_bytes",
+           "load_model_file", "model_arch", "model_from_arch", "load_model", "import_factory"]
 
 
 class ModelFileError(ValueError):
@@ -38,12 +39,21 @@ def model_arch(name: str, input_shape, num_classes: int, data: Dict[str, Any],
             "data": dict(data)}
 
 
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+
+
 def _load_state(model, state_dict, what: str):
     try:
         model.load_state_dict(state_dict)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"weights do not fit {what}: {first}") from None
+        # torch lists the missing and unexpected keys and the shape mismatches on lines of their
+        # own after a header: keep each (shortened), on one line
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+            lines = lines[1:]
+        detail = "; ".join(_shorten(ln, 240) for ln in lines) or type(exc).__name__
+        raise ModelFileError(f"weights do not fit {what}: {_shorten(detail, 800)}") from None
     return model
 
 
@@ -63,16 +73,32 @@ def model_from_arch(arch: Mapping[str, Any], state_dict=None):
     return model
 
 
+class FactorySpecError(ValueError):
+    """A model factory name that is not of the form ``package.module:function`` (a usage error)."""
+
+
 def import_factory(spec: str):
-    """The callable named by ``"pkg.module:function"`` (imported, not called)."""
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ModelFileError(f"model factory must be 'package.module:function', got {spec!r}")
+    """The callable named by ``"pkg.module:function"`` (imported, not called).
+
+    The module is looked up on ``sys.path`` and then in the current folder (as ``python -m``
+    would find it; installed packages keep precedence over a local file of the same name).
+    """
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")) \
+            or not all(part.isidentifier() for part in spec.replace(":", ".").split(".")):
+        raise FactorySpecError(f"model factory must be 'package.module:function', got {spec!r}")
     mod_name, fn_name = spec.split(":")
+    here = os.getcwd()
+    added = here not in sys.path and "" not in sys.path
+    if added:
+        sys.path.append(here)
     try:
         module = importlib.import_module(mod_name)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of the user module
         raise ModelFileError(f"cannot import the model factory module {mod_name!r}: "
                              f"{type(exc).__name__}: {exc}") from None
+    finally:
+        if added and here in sys.path:
+            sys.path.remove(here)
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ModelFileError(f"model factory {spec!r}: {mod_name} has no callable {fn_name!r}")
@@ -85,12 +111,27 @@ def save_model_file(path: str, model, arch: Optional[Mapping[str, Any]] = None) 
     ``arch`` is a :func:`model_arch` record, or ``{"factory": "pkg.mod:fn"}``, or empty (then
     loading needs a model factory).
     """
-    import torch
-
     from .files import atomic_write_bytes
+    atomic_write_bytes(path, model_file_bytes(model, arch))
+
+
+def model_file_bytes(model, arch: Optional[Mapping[str, Any]] = None) -> bytes:
+    """The bytes :func:`save_model_file` writes (to write them together with other files)."""
+    import torch
     buf = io.BytesIO()
     torch.save({"state_dict": model.state_dict(), "arch": dict(arch or {})}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _load_failure(exc: BaseException) -> str:
+    """What ``torch.load`` found wrong, in a few words: the unpickler's own reason (not torch's
+    advice about ``weights_only``), or the first sentence of the message."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
+        return _shorten(" ".join(reason.split()), 160) or type(exc).__name__
+    first = " ".join(text.split(". ")[0].split())
+    return _shorten(first, 160) if first else type(exc).__name__
 
 
 def load_model_file(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -116,9 +157,8 @@ def load_model_file(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
             warnings.simplefilter("ignore")
             obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() \
-            else type(exc).__name__
-        raise ModelFileError(f"{path}: not a certunlearn model file ({first})") from None
+        raise ModelFileError(f"{path}: not a certunlearn model file ({_load_failure(exc)})"
+                             ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj:
         state, arch = obj["state_dict"], obj.get("arch") or {}
     else:

@@ -19,6 +19,13 @@ ICML 2025, Algorithms 1 and 2):
    :func:`certunlearn_theory.calibrate_with_float32_slack`);
 3. optional noise-free fine-tuning on the retain set (post-processing: the guarantee holds).
 
+:func:`unlearn` reads as that algorithm: a short body that calls one function per stage, each
+usable on its own: :func:`check_settings` (every scalar argument, before any work),
+:func:`prepare_run` (model, data, device, private selection), :func:`plan_steps` (T),
+:func:`calibrate_noise` (sigma), :func:`clip_to_c0`, :func:`noisy_phase`, :func:`fine_tune` and
+:func:`certify`. The caller's model keeps its starting weights until the run succeeds
+(:func:`restored_on_failure`), also with ``inplace=True``.
+
 Only the final model may be released; the certificate (:class:`RunCertificate`) says which
 guarantee the run has and lets anyone recompute it.
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import secrets
 import warnings
@@ -61,7 +69,8 @@ from .train import (
 
 __all__ = ["unlearn", "noisy_phase", "clip_to_ball_", "METHODS", "CLIP_MODES",
            "batch_generator_seed", "select_private", "public_record", "PUBLIC_ASSUMPTION",
-           "prepare_run"]
+           "prepare_run", "Settings", "check_settings", "plan_steps", "NoiseCalibration",
+           "calibrate_noise", "clip_to_c0", "fine_tune", "certify", "restored_on_failure"]
 
 METHODS = ("gradient_clipping", "model_clipping")
 CLIP_MODES = ("per_sample", "batch")
@@ -240,16 +249,23 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
     source = distributed.gradient_source(source, flat)  # data parallel inside a process group
     model.train()
     source.probe(x, y)
-    for _ in tqdm(range(steps), desc="noisy steps", disable=not progress, leave=False,
+    for t in tqdm(range(steps), desc="noisy steps", disable=not progress, leave=False,
                   unit="step"):
         idx = next(batches).to(flat.flat.device)
         grads = source(x[idx], y[idx])
         seed, offset = noise.take(d)
-        noisy_step_(flat.flat, grads, lr=lr, weight_decay=lam, clip=C1, noise_std=sigma,
-                    radius=radius, noise_after_projection=True, seed=seed, offset=offset,
-                    norms=source.norms)
+        try:
+            noisy_step_(flat.flat, grads, lr=lr, weight_decay=lam, clip=C1, noise_std=sigma,
+                        radius=radius, noise_after_projection=True, seed=seed, offset=offset,
+                        norms=source.norms)
+        except ValueError as exc:
+            if "non-finite" not in str(exc):
+                raise
+            reason = str(exc).split(": ", 1)[-1].split(";")[0]
+            raise ValueError(f"the noisy phase diverged at step {t} ({reason}): the loss or the "
+                             "weights overflowed; lower C0 or lr") from None
     if not bool(torch.isfinite(flat.flat).all()):
-        raise ValueError("the noisy phase produced non-finite weights; lower lr")
+        raise ValueError("the noisy phase produced non-finite weights; lower C0 or lr")
 
 
 def noisy_steps(method: str, lam: float, C0: float, C1: float, lr: float, n: int,
@@ -269,6 +285,228 @@ def noisy_steps(method: str, lam: float, C0: float, C1: float, lr: float, n: int
                              f"{MAX_STEPS:.0e}; give steps= or larger lr, C1")
         return max(1, math.ceil(T))
     raise ValueError(f"{method} with lam={lam} needs steps or epochs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The checked scalar settings of a run (what :func:`check_settings` returns)."""
+
+    eps: float
+    delta: float
+    method: str
+    clip: str
+    C0: float
+    C1: float
+    lr: float
+    lam: float
+    C2: Optional[float]
+    sigma0: float
+    batch_size: int
+    steps: Optional[int]
+    epochs: Optional[float]
+    finetune_epochs: float
+    finetune_lr: float
+    finetune_batch_size: int
+    forget_size: Optional[int]
+    grad_buffer_bytes: int
+
+    @property
+    def radius(self) -> float:
+        """The projection radius of every noisy step (C2 for model clipping, else none)."""
+        return self.C2 if self.method == "model_clipping" and self.C2 is not None else math.inf
+
+
+def check_settings(*, eps, delta, method="gradient_clipping", steps=None, epochs=None, C0,
+                   C1=math.inf, lr, lam=0.0, C2=None, sigma0=0.0, batch_size=64, clip="batch",
+                   finetune_epochs=0.0, finetune_lr=None, finetune_batch_size=None,
+                   forget_size=None, grad_buffer_bytes=64 << 20) -> Settings:
+    """Stage 0: every scalar argument of :func:`unlearn` checked, before any data or weight.
+
+    Raises one ``ValueError`` that names the argument, the allowed range and the value. What
+    needs the data (the number of steps that ``epochs`` gives) is checked by :func:`noisy_steps`.
+    """
+    eps = check_real("eps", eps, low=0.0)
+    delta = check_real("delta", delta, low=0.0, high=1.0, high_open=True)
+    check_choice("method", method, METHODS)
+    check_choice("clip", clip, CLIP_MODES)
+    C0 = check_real("C0", C0, low=0.0)
+    lr = check_real("lr", lr, low=0.0)
+    lam = check_real("lam", lam, low=0.0, low_open=False)
+    C1 = check_real("C1", C1, low=0.0, allow_inf=method == "model_clipping")
+    if method == "model_clipping":
+        if C2 is None:
+            raise ValueError("model_clipping needs the model clipping radius C2, got None")
+        C2 = check_real("C2", C2, low=0.0)
+        sigma0 = check_real("sigma0", sigma0, low=0.0, low_open=False)
+    elif C2 is not None or sigma0:
+        raise ValueError("C2 and sigma0 belong to model_clipping; gradient_clipping got "
+                         f"C2={C2!r}, sigma0={sigma0!r}")
+    if steps is not None and epochs is not None:
+        raise ValueError(f"give steps or epochs, not both (got steps={steps!r}, epochs={epochs!r})")
+    if steps is not None:
+        steps = check_int("steps", steps, low=1, high=MAX_STEPS)
+    if epochs is not None:
+        epochs = check_real("epochs", epochs, low=0.0)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    finetune_batch_size = batch_size if finetune_batch_size is None else check_int(
+        "finetune_batch_size", finetune_batch_size, low=1)
+    finetune_epochs = check_real("finetune_epochs", finetune_epochs, low=0.0, low_open=False)
+    finetune_lr = lr if finetune_lr is None else check_real("finetune_lr", finetune_lr, low=0.0)
+    grad_buffer_bytes = check_int("grad_buffer_bytes", grad_buffer_bytes, low=0)
+    if forget_size is not None:
+        forget_size = check_int("forget_size", forget_size, low=0)
+    return Settings(eps=eps, delta=delta, method=method, clip=clip, C0=C0, C1=C1, lr=lr,
+                    lam=lam, C2=C2, sigma0=float(sigma0), batch_size=batch_size, steps=steps,
+                    epochs=epochs, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
+                    finetune_batch_size=finetune_batch_size, forget_size=forget_size,
+                    grad_buffer_bytes=grad_buffer_bytes)
+
+
+def plan_steps(s: Settings, n: int) -> int:
+    """Stage 1 (needs the retain-set size ``n``): the number T of noisy steps.
+
+    Also refuses fine-tuning of more than ``MAX_STEPS`` steps and warns when T is past the point
+    where the bound stops improving (gradient clipping without weight decay).
+    """
+    T = noisy_steps(s.method, s.lam, s.C0, s.C1, s.lr, n, s.batch_size, s.steps, s.epochs)
+    if s.finetune_epochs > 0:
+        steps_for_epochs(s.finetune_epochs, n, s.finetune_batch_size, "finetune_epochs")
+    flat_from = s.C0 / (s.lr * s.C1) if s.method == "gradient_clipping" and s.lam == 0.0 \
+        else math.inf
+    if T > max(1.0, flat_from * (1 + 1e-9)):
+        warnings.warn(f"steps={T} is more than C0 / (lr C1) = {s.C0 / (s.lr * s.C1):.4g}: for "
+                      "gradient clipping without weight decay the bound does not improve beyond "
+                      "that point, so the extra noisy steps cannot lower the noise", UserWarning,
+                      stacklevel=3)
+    return T
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseCalibration:
+    """What :func:`calibrate_noise` returns: the noise of every step and what it covers."""
+
+    sigma: float
+    shift_slack: float
+    tail_delta: Optional[float]  # gradient clipping: the float32 iterate-norm tail, else None
+
+
+def calibrate_noise(s: Settings, *, T: int, d: int) -> NoiseCalibration:
+    """Stage 2: the noise sigma for (eps, delta) after T steps in d private dimensions.
+
+    Runs before any weight is touched, so eps, delta or a target the accountant cannot reach
+    fail before any work.
+    """
+    import certunlearn_theory as ct
+    if s.method == "gradient_clipping":
+        sigma, slack, tail = calibrate_with_float32_slack(
+            s.eps, s.delta, T=T, d=d, C0=s.C0, C1=s.C1, gamma=s.lr, lam=s.lam,
+            batch_size=s.batch_size)
+        return NoiseCalibration(sigma, slack, tail)
+    assert s.C2 is not None  # model_clipping without C2 was refused by check_settings
+    slack = PROJECTION_SLACK * s.C2
+    sigma = float(ct.noise_for(s.eps, s.delta, T, s.C0, s.C1 if math.isfinite(s.C1) else None,
+                               s.lr, s.lam, method=s.method, C2=s.C2, sigma0=s.sigma0,
+                               shift_slack=slack))
+    return NoiseCalibration(sigma, slack, None)
+
+
+def clip_to_c0(flat: FlatParameters, s: Settings, noise, device=None) -> float:
+    """Stage 3: clip the private parameters onto the ball of radius C0 (model clipping: then
+    add N(0, sigma0^2 I)); return the norm they had."""
+    from .ops import gaussian_noise
+    norm = clip_to_ball_(flat.flat, s.C0)
+    if s.method == "model_clipping" and s.sigma0 > 0:
+        seed, offset = noise.take(flat.numel)
+        flat.flat.add_(gaussian_noise(flat.numel, seed, offset, device=flat.flat.device,
+                                      dtype=flat.flat.dtype), alpha=s.sigma0)
+    return norm
+
+
+def fine_tune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Settings, *,
+              private: List[str], public: List[str], seed: Optional[int] = None,
+              loss_fn: Callable = F.cross_entropy, progress: bool = True,
+              epoch_callback: Optional[Callable[[int, nn.Module], None]] = None) -> None:
+    """Stage 5: noise-free fine-tuning of the private parameters (post-processing).
+
+    The private parameters are trained whatever their ``requires_grad`` flag (``private=``
+    decides), the public ones are frozen; the flags are restored afterwards.
+    """
+    if s.finetune_epochs <= 0:
+        return
+    named = dict(model.named_parameters())
+    priv = [named[n] for n in private]
+    with frozen([named[n] for n in public]), trainable(priv):
+        train(model, (x, y), epochs=s.finetune_epochs, lr=s.finetune_lr,
+              batch_size=s.finetune_batch_size, seed=None if seed is None else seed + 1,
+              loss_fn=loss_fn, epoch_callback=epoch_callback, parameters=priv,
+              progress=progress, desc="fine-tune")
+
+
+def certify(model: nn.Module, s: Settings, cal: NoiseCalibration, *, T: int, d: int, n: int,
+            sha_before: str, public_names: List[str], public: Optional[dict],
+            seed_user_supplied: bool) -> RunCertificate:
+    """Stage 6: check the final weights (same on every rank, finite, public part unchanged) and
+    issue the certificate."""
+    distributed.check_replicas(model, "the unlearned weights")  # before any per-rank decision
+    check_finite_model(model, "unlearning")
+    if public is not None:
+        after = public_record(model, public_names)
+        assert after is not None  # the same non-empty list of public names
+        if after["sha256"] != public["sha256"]:
+            raise RuntimeError("public parameters changed during the run")  # internal invariant
+    params = dict(steps=T, C0=s.C0, C1=s.C1 if math.isfinite(s.C1) else None, lr=s.lr,
+                  lam=s.lam, C2=s.C2, sigma0=s.sigma0, batch_size=s.batch_size, clip=s.clip,
+                  finetune_epochs=s.finetune_epochs,
+                  finetune_lr=s.finetune_lr if s.finetune_epochs > 0 else None,
+                  world_size=distributed.world_size(), shift_slack=cal.shift_slack)
+    if cal.tail_delta is not None:
+        params.update(float32_tail_delta=cal.tail_delta, d=d)
+    if s.finetune_epochs > 0 and s.finetune_batch_size != s.batch_size:
+        params["finetune_batch_size"] = s.finetune_batch_size
+    return build_run_certificate(
+        method=s.method, sigma=cal.sigma, eps=s.eps, delta=s.delta, parameters=params,
+        retain_size=n, forget_size=s.forget_size, sha_before=sha_before,
+        sha_after=weights_sha256(model), seed_user_supplied=seed_user_supplied,
+        public_parameters=public)
+
+
+@contextlib.contextmanager
+def trainable(params: Iterable[nn.Parameter]):
+    """Set ``requires_grad=True`` on ``params`` for the block; restore the flags afterwards."""
+    saved = [(p, p.requires_grad) for p in params]
+    for p, _ in saved:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, rg in saved:
+            p.requires_grad_(rg)
+
+
+@contextlib.contextmanager
+def restored_on_failure(model: nn.Module):
+    """Keep ``model``'s starting weights until the block succeeds.
+
+    On any exception (KeyboardInterrupt included) every parameter gets back the tensor it held
+    (same values, device and storage), its gradient and ``requires_grad`` flag, every buffer its
+    tensor, every module its train/eval flag. A run only ever rebinds parameters to new storage
+    (the flat buffer, a device move), so this costs no copy.
+    """
+    params = [(p, p.data, p.grad, p.requires_grad)
+              for _, p in model.named_parameters(remove_duplicate=False)]
+    buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items()]
+    modes = save_modes(model)
+    try:
+        yield
+    except BaseException:
+        for p, data, grad, rg in params:
+            p.data = data
+            p.grad = grad
+            p.requires_grad_(rg)
+        for m, name, b in buffers:
+            m._buffers[name] = b
+        restore_modes(modes)
+        raise
 
 
 def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
@@ -291,7 +529,7 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
         retain_data: the retain set D \\ D_f as ``(x, y)``, a ``TensorDataset`` or an
             ``ArrayDataset``. Floating inputs/targets are cast to the parameters' dtype; integer
             inputs (token ids) and targets (class labels) stay integer; shapes are kept.
-        eps, delta: the target (eps, delta)-unlearning guarantee.
+        eps, delta: the target (eps, delta)-unlearning guarantee (eps > 0, 0 < delta < 1).
         method: ``"gradient_clipping"`` (needs a finite ``C1``) or ``"model_clipping"`` (needs
             ``C2``; ``C1`` optional, ``sigma0`` optional initial noise).
         steps, epochs: the number T of noisy steps, directly or in passes over the retain set
@@ -311,14 +549,17 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
         private: the parameters that depend on the private data: None (those with
             ``requires_grad=True``), a predicate ``(name, param) -> bool``, or a list of
             parameter names, modules and parameters. Only they are clipped, noised, stepped and
-            fine-tuned; the others stay bit-identical and are recorded in the certificate as
-            public (their names and SHA-256), under the assumption that they were fixed
-            independently of the forgotten data (THEORY.md section 10).
+            fine-tuned (whatever their ``requires_grad`` flag); the others stay bit-identical
+            and are recorded in the certificate as public (their names and SHA-256), under the
+            assumption that they were fixed independently of the forgotten data (THEORY.md
+            section 10).
         seed: makes the noise and batches reproducible (tests, audits). Leave None in production:
             anyone who knows the seed can subtract the noise. The seed is never written out.
         device: where to run (the model is moved there); None: the model's device, and the data
             must be there too.
         inplace: modify ``model`` itself; by default a copy is unlearned and ``model`` is untouched.
+            Either way, a run that fails (any exception, Ctrl-C included) leaves ``model`` as it
+            was: its starting weights are kept until the run succeeds.
         after_noisy_phase: called with the model after the noisy phase, before fine-tuning (to
             evaluate it; it must not modify the model).
         epoch_callback: called as ``epoch_callback(epoch_index, model)`` after every whole pass
@@ -334,117 +575,48 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             an unsupported model or data (see :func:`prepare_run`), before any weight is touched;
             a run that diverges (non-finite loss or weights), with no certificate.
     """
-    import certunlearn_theory as ct
-
-    from .ops import gaussian_noise
-
-    check_choice("method", method, METHODS)
-    check_choice("clip", clip, CLIP_MODES)
-    C0 = check_real("C0", C0, low=0.0)
-    lr = check_real("lr", lr, low=0.0)
-    lam = check_real("lam", lam, low=0.0, low_open=False)
-    C1 = check_real("C1", C1, low=0.0, allow_inf=method == "model_clipping")
-    if method == "model_clipping":
-        if C2 is None:
-            raise ValueError("model_clipping needs the model clipping radius C2, got None")
-        C2 = check_real("C2", C2, low=0.0)
-        sigma0 = check_real("sigma0", sigma0, low=0.0, low_open=False)
-    elif C2 is not None or sigma0:
-        raise ValueError("C2 and sigma0 belong to model_clipping; gradient_clipping got "
-                         f"C2={C2!r}, sigma0={sigma0!r}")
-    batch_size = check_int("batch_size", batch_size, low=1)
-    finetune_batch_size = batch_size if finetune_batch_size is None else check_int(
-        "finetune_batch_size", finetune_batch_size, low=1)
-    finetune_epochs = check_real("finetune_epochs", finetune_epochs, low=0.0, low_open=False)
-    finetune_lr = lr if finetune_lr is None else check_real("finetune_lr", finetune_lr, low=0.0)
-    grad_buffer_bytes = check_int("grad_buffer_bytes", grad_buffer_bytes, low=0)
-    if forget_size is not None:
-        forget_size = check_int("forget_size", forget_size, low=0)
+    s = check_settings(eps=eps, delta=delta, method=method, steps=steps, epochs=epochs, C0=C0,
+                       C1=C1, lr=lr, lam=lam, C2=C2, sigma0=sigma0, batch_size=batch_size,
+                       clip=clip, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
+                       finetune_batch_size=finetune_batch_size, forget_size=forget_size,
+                       grad_buffer_bytes=grad_buffer_bytes)
     device, x, y, priv, pub = prepare_run(model, retain_data, device=device, loss_fn=loss_fn,
                                           private=private)
     n = len(y)
-    T = noisy_steps(method, lam, C0, C1, lr, n, batch_size, steps, epochs)
-    if finetune_epochs > 0:
-        steps_for_epochs(finetune_epochs, n, finetune_batch_size, "finetune_epochs")
-    flat_from = C0 / (lr * C1) if method == "gradient_clipping" and lam == 0.0 else math.inf
-    if T > max(1.0, flat_from * (1 + 1e-9)):
-        warnings.warn(f"steps={T} is more than C0 / (lr C1) = {C0 / (lr * C1):.4g}: for gradient "
-                      "clipping without weight decay the bound does not improve beyond that "
-                      "point, so the extra noisy steps cannot lower the noise", UserWarning,
-                      stacklevel=2)
-
-    # The guarantee first: invalid eps/delta or an unreachable target fail before any work.
-    acct_c1 = C1 if math.isfinite(C1) else None
-    named_all = dict(model.named_parameters())
-    d = sum(named_all[name].numel() for name in priv)
-    if method == "gradient_clipping":
-        sigma, slack, tail = calibrate_with_float32_slack(
-            eps, delta, T=T, d=d, C0=C0, C1=C1, gamma=lr, lam=lam, batch_size=batch_size)
-    else:
-        assert C2 is not None
-        tail = None
-        slack = PROJECTION_SLACK * C2
-        sigma = float(ct.noise_for(eps, delta, T, C0, acct_c1, lr, lam, method=method, C2=C2,
-                                   sigma0=sigma0, shift_slack=slack))
-    modes = save_modes(model)
-    model, flat, sha_before = working_copy(model, inplace, device, priv)
-    modes_copy = list(zip(model.modules(), [m for _, m in modes]))
+    T = plan_steps(s, n)
     named = dict(model.named_parameters())
-    public_params = [named[n] for n in pub]
-    try:
-        check_model_fits_data(model, x, y, loss_fn)  # on `device`, before touching the weights
-        check_buffers_constant(model, x, y)
-        if clip == "per_sample":  # refuse a non-vmap-able forward before touching the weights
-            GradientSource(model, flat, clip, C1, loss_fn, 2, grad_buffer_bytes).probe(x, y)
-        restore_modes(modes_copy)
-        public = public_record(model, pub)
-        distributed.check_same_data(x, y)
-        noise = distributed.noise_stream(seed)  # same key on every rank (rank 0's secret)
-        gen = torch.Generator()
-        gen.manual_seed(batch_generator_seed(seed) if seed is not None
-                        else distributed.from_rank0(secrets.randbits(63)))
-        clip_to_ball_(flat.flat, C0)
-        if method == "model_clipping" and sigma0 > 0:
-            s, o = noise.take(flat.numel)
-            flat.flat.add_(gaussian_noise(flat.numel, s, o, device=device, dtype=flat.flat.dtype),
-                           alpha=sigma0)
-        radius = math.inf
-        if method == "model_clipping":
-            assert C2 is not None  # model_clipping without C2 was refused above
-            radius = C2
-        noisy_phase(model, flat, x, y, steps=T, lr=lr, lam=lam, clip=clip, C1=C1, sigma=sigma,
-                    radius=radius, batch_size=min(batch_size, n), generator=gen, noise=noise,
-                    loss_fn=loss_fn, grad_buffer_bytes=grad_buffer_bytes, progress=progress)
-    finally:
-        flat.release()
-        restore_modes(modes_copy)
-    if after_noisy_phase is not None:
-        after_noisy_phase(model)
-        restore_modes(modes_copy)
-    if finetune_epochs > 0:
-        with frozen(public_params):
-            train(model, (x, y), epochs=finetune_epochs, lr=finetune_lr,
-                  batch_size=finetune_batch_size, seed=None if seed is None else seed + 1,
-                  loss_fn=loss_fn, epoch_callback=epoch_callback,
-                  parameters=[named[n] for n in priv], progress=progress, desc="fine-tune")
-    distributed.check_replicas(model, "the unlearned weights")  # before any per-rank decision
-    check_finite_model(model, "unlearning")
-    if public is not None:
-        after = public_record(model, pub)
-        assert after is not None  # the same non-empty list of public names
-        if after["sha256"] != public["sha256"]:
-            raise RuntimeError("public parameters changed during the run")  # internal invariant
-    params = dict(steps=T, C0=C0, C1=acct_c1, lr=lr, lam=lam, C2=C2, sigma0=sigma0,
-                  batch_size=batch_size, clip=clip, finetune_epochs=finetune_epochs,
-                  finetune_lr=finetune_lr if finetune_epochs > 0 else None,
-                  world_size=distributed.world_size(), shift_slack=slack)
-    if tail is not None:
-        params.update(float32_tail_delta=tail, d=d)
-    if finetune_epochs > 0 and finetune_batch_size != batch_size:
-        params["finetune_batch_size"] = finetune_batch_size
-    cert = build_run_certificate(
-        method=method, sigma=sigma, eps=eps, delta=delta, parameters=params,
-        retain_size=n, forget_size=forget_size, sha_before=sha_before,
-        sha_after=weights_sha256(model), seed_user_supplied=noise.seed_is_user_supplied,
-        public_parameters=public)
-    return model, cert
+    d = sum(named[name].numel() for name in priv)
+    cal = calibrate_noise(s, T=T, d=d)
+    with restored_on_failure(model):
+        modes = save_modes(model)
+        work, flat, sha_before = working_copy(model, inplace, device, priv)
+        modes = list(zip(work.modules(), [m for _, m in modes]))
+        try:
+            check_model_fits_data(work, x, y, loss_fn)  # on `device`, before touching weights
+            check_buffers_constant(work, x, y)
+            if s.clip == "per_sample":  # refuse a non-vmap-able forward before touching weights
+                GradientSource(work, flat, s.clip, s.C1, loss_fn, 2, s.grad_buffer_bytes
+                               ).probe(x, y)
+            restore_modes(modes)
+            public = public_record(work, pub)
+            distributed.check_same_data(x, y)
+            noise = distributed.noise_stream(seed)  # same key on every rank (rank 0's secret)
+            gen = torch.Generator()
+            gen.manual_seed(batch_generator_seed(seed) if seed is not None
+                            else distributed.from_rank0(secrets.randbits(63)))
+            clip_to_c0(flat, s, noise)
+            noisy_phase(work, flat, x, y, steps=T, lr=s.lr, lam=s.lam, clip=s.clip, C1=s.C1,
+                        sigma=cal.sigma, radius=s.radius, batch_size=min(s.batch_size, n),
+                        generator=gen, noise=noise, loss_fn=loss_fn,
+                        grad_buffer_bytes=s.grad_buffer_bytes, progress=progress)
+        finally:
+            flat.release()
+            restore_modes(modes)
+        if after_noisy_phase is not None:
+            after_noisy_phase(work)
+            restore_modes(modes)
+        fine_tune(work, x, y, s, private=priv, public=pub, seed=seed, loss_fn=loss_fn,
+                  progress=progress, epoch_callback=epoch_callback)
+        cert = certify(work, s, cal, T=T, d=d, n=n, sha_before=sha_before, public_names=pub,
+                       public=public, seed_user_supplied=noise.seed_is_user_supplied)
+    return work, cert

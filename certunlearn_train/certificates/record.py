@@ -107,6 +107,10 @@ class RunCertificate:
             data = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
         except (json.JSONDecodeError, RecursionError) as exc:
             raise CertificateError(f"certificate is not valid JSON ({exc})") from None
+        except CertificateError:
+            raise
+        except ValueError:  # an integer of more digits than int() converts (4300 by default)
+            raise CertificateError("certificate holds an integer too long to read") from None
         return cls.from_dict(data)
 
     def save(self, path: str) -> None:

@@ -346,12 +346,22 @@ def load_config_file(path: str, **overrides) -> Dict[str, Any]:
         raise ExperimentConfigError(f"config file {path!r} does not exist")
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
+    from ..config import ConfigError, _unique_key_loader
+
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise ConfigError(f"{path}: key {key!r} is given twice")
+        return dict(pairs)
     try:
         if path.endswith(".json"):
-            raw = json.loads(text)
+            raw = json.loads(text, object_pairs_hook=no_duplicates)
         else:
             import yaml
-            raw = yaml.safe_load(text)
+            raw = yaml.load(text, Loader=_unique_key_loader(path))  # noqa: S506 - a SafeLoader
+    except ConfigError as exc:  # a key given twice: no value silently replaces another
+        raise ExperimentConfigError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ExperimentConfigError(f"{path}: cannot parse ({first})") from None

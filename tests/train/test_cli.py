@@ -75,10 +75,10 @@ def test_train_unlearn_evaluate_verify(trained, capsys):
 ])
 def test_unlearn_other_methods(trained, capsys, method, extra, code):
     folder, model = trained
-    cfg = _config(folder, model, method=method, **extra)
+    cfg = _config(folder, model, method=method, out=str(folder / method), **extra)
     assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 0
-    assert main(["verify", str(folder / "out" / "certificate.json"),
-                 str(folder / "out" / "model.pt")]) == code
+    assert main(["verify", str(folder / method / "certificate.json"),
+                 str(folder / method / "model.pt")]) == code
     out = capsys.readouterr().out
     if method == "retrain":
         assert "NOT VERIFIABLE: retrain claims exact unlearning; exact retraining cannot be " \
@@ -209,9 +209,10 @@ def test_truncated_model_file(trained, tmp_path, capsys):
 
 def test_verify_swapped_and_bad_files(trained, tmp_path, capsys):
     folder, model = trained
-    assert main(["unlearn", "--config", str(_config(folder, model)), "--no-progress"]) == 0
+    assert main(["unlearn", "--config", str(_config(tmp_path, model, out=str(tmp_path / "out"))),
+                 "--no-progress"]) == 0
     capsys.readouterr()
-    cert, out = str(folder / "out" / "certificate.json"), str(folder / "out" / "model.pt")
+    cert, out = str(tmp_path / "out" / "certificate.json"), str(tmp_path / "out" / "model.pt")
     assert main(["verify", out, cert]) == 2
     assert "look swapped" in _one_line_error(capsys, "certunlearn verify: error:")
     junk = tmp_path / "junk.pt"
@@ -353,7 +354,7 @@ def test_forget_indices_file_text_and_npy(trained, tmp_path, capsys):
     for source in (txt, npy):
         cfg = _config(tmp_path, model, forget_fraction=None, forget_indices_file=str(source),
                       out=str(tmp_path / "run"))
-        assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 0
+        assert main(["unlearn", "--config", str(cfg), "--no-progress", "--overwrite"]) == 0
         assert "-unlearning of 4 points" in capsys.readouterr().out
         cert = json.loads((tmp_path / "run" / "certificate.json").read_text())
         assert cert["forget_size"] == 4 and cert["retain_size"] == 1438 - 4
@@ -426,10 +427,17 @@ def test_model_factory_with_a_plain_state_dict(tmp_path, monkeypatch, capsys):
     for spec, message in (("my_arch_mod:not_a_module", "must return an nn.Module"),
                           ("my_arch_mod:nothing", "has no callable 'nothing'"),
                           ("my_arch_mod:exits", "failed: SystemExit: 5"),
-                          ("no_such_module_xyz:build", "cannot import"),
-                          ("just-a-name", "must be 'package.module:function'")):
+                          ("no_such_module_xyz:build", "cannot import")):
         assert main(["evaluate", str(tmp_path / "plain.pt"), "--model-factory", spec]) == 1
         assert message in _one_line_error(capsys, "certunlearn evaluate: error:")
+    # a malformed name is a usage error, like any other bad argument
+    cfg3 = _config(tmp_path, tmp_path / "plain.pt", name="c3.json", out=str(tmp_path / "run3"))
+    for spec in ("just-a-name", "a:b:c", "my arch:build", "my_arch_mod:"):
+        for argv in (["evaluate", str(tmp_path / "plain.pt")],
+                     ["unlearn", "--config", str(cfg3), "--no-progress"]):
+            assert main(argv + ["--model-factory", spec]) == 2
+            assert "must be 'package.module:function'" in _one_line_error(capsys, "certunlearn")
+    assert not (tmp_path / "run3").exists()
 
 
 def test_accountant_commands_do_not_import_torch():
@@ -456,3 +464,229 @@ def test_unlearn_output_under_proc_or_a_file(trained, tmp_path, capsys):
         assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 1
         _one_line_error(capsys, "certunlearn unlearn: error:")
     assert not os.path.exists("/proc/certunlearn-run") and blocker.read_text() == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Results are never replaced silently, never the input, and the pair is written together
+# ----------------------------------------------------------------------------------------------
+
+def _hashes(folder):
+    import hashlib
+    return {p: hashlib.sha256((folder / p).read_bytes()).hexdigest()
+            for p in sorted(os.listdir(folder))}
+
+
+def test_unlearn_never_replaces_a_result_unless_asked_and_never_its_input(trained, tmp_path,
+                                                                         capsys):
+    folder, model = trained
+    out = tmp_path / "run"
+    cfg = _config(tmp_path, model, out=str(out))
+    assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 0
+    first = _hashes(out)
+    assert sorted(first) == ["certificate.json", "model.pt"]
+    capsys.readouterr()
+    assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 2
+    assert "already exist: give --overwrite" in _one_line_error(capsys, "certunlearn unlearn:")
+    assert _hashes(out) == first
+    # the model it reads, in the folder it writes: refused, --overwrite or not
+    again = _config(tmp_path, out / "model.pt", name="again.json", out=str(out), seed=6)
+    for extra in ([], ["--overwrite"]):
+        assert main(["unlearn", "--config", str(again), "--no-progress", *extra]) == 2
+        assert "is also an input of this run" in _one_line_error(capsys, "certunlearn unlearn:")
+        assert _hashes(out) == first
+    assert main(["unlearn", "--config", str(_config(tmp_path, model, out=str(out), seed=6)),
+                 "--no-progress", "--overwrite"]) == 0
+    replaced = _hashes(out)
+    assert replaced["model.pt"] != first["model.pt"]
+    assert replaced["certificate.json"] != first["certificate.json"]
+
+
+def test_unlearn_checks_both_result_paths_before_the_work(trained, tmp_path, capsys,
+                                                          monkeypatch):
+    import certunlearn_train.cli as cli
+    folder, model = trained
+    out = tmp_path / "run"
+    (out / "certificate.json").mkdir(parents=True)
+    monkeypatch.setattr(cli, "_load_data", lambda *a: pytest.fail("the work started"))
+    cfg = _config(tmp_path, model, out=str(out))
+    for extra in ([], ["--overwrite"]):
+        assert main(["unlearn", "--config", str(cfg), "--no-progress", *extra]) == 2
+        assert "certificate.json' is an existing directory" in _one_line_error(
+            capsys, "certunlearn unlearn:")
+        assert os.listdir(out) == ["certificate.json"]
+
+
+def test_train_never_replaces_a_model_unless_asked(tmp_path, capsys):
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"earlier")
+    argv = ["train", "--out", str(path), "--epochs", "1", "--hidden", "4", "--no-progress"]
+    assert main(argv) == 2
+    assert "m.pt' already exists" in _one_line_error(capsys, "certunlearn train: error:")
+    assert path.read_bytes() == b"earlier"
+    assert main(argv + ["--overwrite"]) == 0
+    assert path.read_bytes() != b"earlier"
+
+
+def test_the_pair_is_written_together_or_not_at_all(tmp_path, monkeypatch):
+    import certunlearn_train.cli as cli
+    a, b = tmp_path / "model.pt", tmp_path / "certificate.json"
+    a.write_bytes(b"old model")
+    b.write_bytes(b"old certificate")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst) == str(b):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+    monkeypatch.setattr(cli.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        cli._write_together([(str(a), b"new model"), (str(b), b"new certificate")])
+    monkeypatch.setattr(cli.os, "replace", real_replace)
+    assert a.read_bytes() == b"old model" and b.read_bytes() == b"old certificate"
+    assert sorted(os.listdir(tmp_path)) == ["certificate.json", "model.pt"]  # no leftovers
+    b.unlink()  # a first run: neither file may be left
+    a.unlink()
+    monkeypatch.setattr(cli.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        cli._write_together([(str(a), b"new model"), (str(b), b"new certificate")])
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Exit codes and messages
+# ----------------------------------------------------------------------------------------------
+
+def test_verify_a_certificate_with_a_huge_integer_is_a_bad_certificate(trained, tmp_path,
+                                                                       capsys):
+    folder, model = trained
+    out = tmp_path / "run"
+    assert main(["unlearn", "--config", str(_config(tmp_path, model, out=str(out))),
+                 "--no-progress"]) == 0
+    text = (out / "certificate.json").read_text()
+    huge = tmp_path / "huge.json"
+    huge.write_text(re.sub(r'"retain_size": \d+', '"retain_size": ' + "9" * 5000, text))
+    capsys.readouterr()
+    assert main(["verify", str(huge), str(out / "model.pt")]) == 1
+    assert "integer too long" in _one_line_error(capsys, "certunlearn verify: FAILED:")
+
+
+ARCHS = """
+from torch import nn
+
+
+def with_batchnorm():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Linear(16, 10))
+
+
+def wider():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def renamed():
+    return nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(64, 16)), nn.ReLU(),
+                         nn.Linear(16, 10))
+"""
+
+
+def test_model_factory_from_the_current_folder_and_its_failures(tmp_path, monkeypatch, capsys):
+    import torch
+    from torch import nn
+    monkeypatch.chdir(tmp_path)  # as documented: my_arch.py next to the config, no PYTHONPATH
+    (tmp_path / "local_arch_xyz.py").write_text(ARCHS)
+    sys.modules.pop("local_arch_xyz", None)
+    assert str(tmp_path) not in sys.path and "" not in sys.path
+    torch.manual_seed(0)
+    bn = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Linear(16, 10))
+    torch.save(bn.state_dict(), "bn.pt")
+    cfg = _config(tmp_path, "bn.pt", out="run")
+    assert main(["unlearn", "--config", str(cfg), "--no-progress", "--model-factory",
+                 "local_arch_xyz:with_batchnorm"]) == 1  # an unusable model, like the others
+    assert "BatchNorm1d" in _one_line_error(capsys, "certunlearn unlearn: error: bn.pt:")
+    assert str(tmp_path) not in sys.path  # the folder was on the path for the import only
+    for spec, parts in (("wider", ["size mismatch for 1.weight", "[16, 64]", "[32, 64]"]),
+                        ("renamed", ['Missing key(s) in state_dict: "1.0.weight"',
+                                     'Unexpected key(s) in state_dict: "1.weight"'])):
+        assert main(["evaluate", "bn.pt", "--model-factory", f"local_arch_xyz:{spec}"]) == 1
+        err = _one_line_error(capsys, "certunlearn evaluate: error: weights do not fit")
+        assert all(part in err for part in parts), err
+    assert not os.path.exists("run")
+
+
+def test_a_random_file_as_a_model_is_one_short_reason(tmp_path, capsys):
+    bad = tmp_path / "random.pt"
+    bad.write_bytes(bytes(range(256)) * 2)
+    assert main(["evaluate", str(bad)]) == 1
+    err = _one_line_error(capsys, "certunlearn evaluate: error:")
+    assert "not a certunlearn model file" in err
+    assert "weights_only" not in err and "PyTorch" not in err and len(err) < 300, err
+
+
+@pytest.mark.parametrize("content", [None, b"\xff\xfe\x00binary", b"model_file: \x00"])
+def test_a_missing_or_binary_config_file_exits_1(tmp_path, capsys, content):
+    path = tmp_path / "c.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["unlearn", "--config", str(path), "--no-progress"]) == 1
+    _one_line_error(capsys, "certunlearn unlearn: error:")
+
+
+def test_a_closed_pipe_ends_the_command_quietly(trained, tmp_path):
+    folder, model = trained
+    out = tmp_path / "run"
+    assert main(["unlearn", "--config", str(_config(tmp_path, model, out=str(out))),
+                 "--no-progress"]) == 0
+    argv = [sys.executable, "-m", "certunlearn_train.cli", "verify", str(out / "certificate.json"),
+            str(out / "model.pt")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line (`| head -0`)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0
+    assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err, err
+
+
+# ----------------------------------------------------------------------------------------------
+# What a newcomer meets first
+# ----------------------------------------------------------------------------------------------
+
+def test_the_example_config_runs_as_documented(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "digits", "--model", "mlp", "--epochs", "2",
+                 "--out", "runs/original.pt"]) == 0
+    example = os.path.join(REPO, "examples", "unlearn.yaml")
+    assert main(["unlearn", "--config", example]) == 0
+    assert "gradient_clipping: (1, 1e-05)-unlearning of 144 points" in capsys.readouterr().out
+    assert main(["verify", "runs/unlearned/certificate.json", "runs/unlearned/model.pt"]) == 0
+    assert "OK: gradient_clipping" in capsys.readouterr().out
+
+
+def test_keygen_creates_the_documented_key_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["keygen", "--out", "keys/run.key"]) == 0
+    assert sorted(os.listdir("keys")) == ["run.key", "run.key.pub"]
+    assert main(["keygen", "--out", "keys/run.key"]) == 1  # never overwritten
+    assert "already exists" in _one_line_error(capsys, "certunlearn keygen: error:")
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "m.pt"), "--epochs", "1", "--hidden",
+                 "4"]) == 0
+    assert "\r" not in capsys.readouterr().err
+    parser = __import__("certunlearn_train.cli", fromlist=["build_parser"]).build_parser()
+    for argv in (["demo"], ["train", "--out", "m.pt"], ["unlearn", "--config", "c.yaml"],
+                 ["evaluate", "m.pt"], ["experiment", "--preset", "digits"]):
+        assert parser.parse_args(argv + ["--no-progress"]).no_progress
+    assert parser.parse_args(["train", "--out", "m.pt"]).threads == 1
+
+
+def test_demo_help_and_output_folder(tmp_path, monkeypatch, capsys):
+    assert main(["demo", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "10%" in text and "%%" not in text
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--quick", "--out", "", "--no-progress"]) == 2
+    assert "--out must name a folder" in _one_line_error(capsys, "certunlearn demo: error:")
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "model.pt").write_bytes(b"an earlier result")
+    assert main(["demo", "--quick", "--out", "earlier", "--no-progress"]) == 2
+    assert "already exists: give --overwrite" in _one_line_error(capsys, "certunlearn demo:")
+    assert sorted(os.listdir(tmp_path)) == ["earlier"]

@@ -8,20 +8,40 @@ from certunlearn_train.cli import main
 from certunlearn_train.experiments.presets import PRESETS, validate_experiment
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--eps", "1,x"], "--eps must be a comma-separated list of numbers"),
-    (["--seeds", "0"], "'seeds' must be an integer > 0, got 0"),
-    (["--preset", "mnist"], "data.root"),
-    (["--config", "/nonexistent/exp.yaml"], "does not exist"),
-    (["--device", "tpu"], "'device' must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'tpu'"),
-    (["--threads", "0"], "'threads' must be an integer > 0, got 0"),
+@pytest.mark.parametrize("argv, match, code", [
+    (["--preset", "digits", "--eps", "1,x"], "--eps must be a comma-separated list of numbers",
+     2),
+    (["--preset", "digits", "--seeds", "0"], "'seeds' must be an integer > 0, got 0", 2),
+    (["--preset", "mnist"], "data.root", 2),
+    (["--config", "/nonexistent/exp.yaml"], "does not exist", 1),
+    (["--preset", "digits", "--device", "tpu"],
+     "'device' must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'tpu'", 2),
+    (["--preset", "digits", "--threads", "0"], "'threads' must be an integer > 0, got 0", 2),
+    ([], "give --preset NAME or --config FILE (digits: 6 methods x 8 configurations, then 5 "
+         "seeds; about 3.3 minutes", 2),
 ])
-def test_bad_arguments_are_one_line(argv, match, capsys, tmp_path):
+def test_bad_arguments_are_one_line(argv, match, code, capsys, tmp_path):
     rc = main(["experiment", "--out", str(tmp_path / "o"), "--no-progress"] + argv)
     err = capsys.readouterr().err
-    assert rc == 2
+    assert rc == code
     assert match in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("name, text", [
+    ("dup.yaml", "preset: digits-quick\nseeds: 3\nseeds: 4\n"),
+    ("nested.yaml", "preset: digits-quick\ndata:\n  forget_fraction: 0.1\n"
+                    "  forget_fraction: 0.2\n"),
+    ("dup.json", '{"preset": "digits-quick", "seeds": 3, "seeds": 4}'),
+])
+def test_a_key_given_twice_is_refused(name, text, capsys, tmp_path):
+    path = tmp_path / name
+    path.write_text(text)
+    rc = main(["experiment", "--config", str(path), "--out", str(tmp_path / "o"),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is given twice" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_an_output_folder_that_cannot_be_made_is_one_line(capsys, tmp_path):
@@ -84,7 +104,7 @@ def test_transfer_certifies_the_head_and_keeps_the_backbone(tmp_path):
     assert rows and all(r["status"] == "ok" for r in rows)
     for r in rows:
         cert = RunCertificate.load(str(tmp_path / "t" / r["certificate"]))
-        cert.verify()
+        cert.verify(allow_unverifiable=True)  # retrain runs are among them
         assert cert.public_parameters["names"] == sorted(public) or \
             set(cert.public_parameters["names"]) == set(public)
         assert cert.public_parameters["sha256"] == want

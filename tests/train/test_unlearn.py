@@ -338,3 +338,96 @@ def test_non_vmap_compatible_model_is_refused_for_per_sample_only():
     assert C.weights_sha256(model) == before
     assert all(p.grad is None for p in model.parameters())
     unlearn(model, (x, y), clip="batch", **kw)  # plain backward works
+
+
+# ----------------------------------------------------------------------------------------------
+# A failed run leaves the caller's model as it was, also with inplace=True
+# ----------------------------------------------------------------------------------------------
+
+class _Stop(BaseException):
+    pass
+
+
+def _nan_once(switch):
+    """A loss that turns NaN once ``switch`` (the callback named so) has been called."""
+    on = []
+
+    def loss_fn(out, y):
+        loss = torch.nn.functional.cross_entropy(out, y)
+        return loss * float("nan") if on else loss
+    return {"loss_fn": loss_fn, switch: lambda *args: on.append(1)}
+
+
+def _interrupt(*args):
+    raise KeyboardInterrupt
+
+
+def _raise_stop(*args):
+    raise _Stop
+
+
+FAILURES = [
+    (dict(finetune_epochs=5, finetune_lr=1e30), ValueError, "fine-tune diverged"),
+    (dict(finetune_epochs=5, nan_after="after_noisy_phase"), ValueError, "fine-tune diverged"),
+    (dict(C0=1e30), ValueError, "non-finite"),
+    (dict(lr=1e30, C1=1.0, C0=1.0), ValueError, "non-finite"),
+    (dict(after_noisy_phase=_interrupt), KeyboardInterrupt, ""),
+    (dict(finetune_epochs=2, epoch_callback=_raise_stop), _Stop, ""),
+    (dict(finetune_epochs=2, epoch_callback=_interrupt, clip="per_sample"), KeyboardInterrupt,
+     ""),
+]
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+@pytest.mark.parametrize("change, error, message", FAILURES,
+                         ids=[f"{sorted(f[0])}-{f[1].__name__}" for f in FAILURES])
+def test_failed_run_leaves_the_model_as_it_was(change, error, message, inplace):
+    model, x, y = tiny_problem()
+    model.eval()
+    before = C.weights_sha256(model)
+    params = [(p, p.data_ptr(), p.requires_grad) for p in model.parameters()]
+    grad = torch.ones_like(model.net[0].bias)
+    model.net[0].bias.grad = grad
+    kw = dict(eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=3, progress=False, seed=0,
+              private=[n for n, _ in model.named_parameters()])
+    kw.update(change)
+    if "nan_after" in kw:
+        kw.update(_nan_once(kw.pop("nan_after")))
+    with pytest.raises(error, match=message):
+        unlearn(model, (x, y), inplace=inplace, **kw)
+    assert C.weights_sha256(model) == before
+    assert all(p is q and p.data_ptr() == ptr and p.requires_grad == rg
+               for (q, ptr, rg), p in zip(params, model.parameters()))
+    assert model.net[0].bias.grad is grad
+    assert not any(m.training for m in model.modules())
+
+
+def test_private_parameters_with_requires_grad_false_are_fine_tuned():
+    model, x, y = tiny_problem()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = [n for n, _ in model.named_parameters()][-2:]
+    kw = dict(eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=3, progress=False, seed=0)
+    out, cert = unlearn(model, (x, y), private=head, finetune_epochs=2, **kw)
+    noisy, _ = unlearn(model, (x, y), private=head, **kw)
+    named, named_noisy = dict(out.named_parameters()), dict(noisy.named_parameters())
+    assert not torch.equal(named[head[0]], named_noisy[head[0]])  # the fine-tuning ran
+    assert cert.public_parameters["names"] == [n for n, _ in model.named_parameters()][:-2]
+    assert not any(p.requires_grad for p in out.parameters())  # flags as given
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(delta=float("nan")), r"delta must be a real number > 0.0 and < 1.0, got nan"),
+    (dict(delta=1.0), r"delta must be a real number > 0.0 and < 1.0, got 1.0"),
+    (dict(eps=float("inf")), r"eps must be a real number > 0.0, got inf"),
+    (dict(device="meta"), r"device must be one that holds data.*got 'meta'"),
+])
+def test_guarantee_and_device_are_named_before_any_work(change, message, monkeypatch):
+    import certunlearn_train.unlearn as U
+    if "device" not in change:  # scalars are checked before the model or data are looked at
+        monkeypatch.setattr(U, "prepare_run", lambda *a, **k: pytest.fail("work started"))
+    model, x, y = tiny_problem()
+    kw = dict(eps=EPS, delta=DELTA, C0=0.5, C1=0.05, lr=0.1, steps=3, progress=False)
+    kw.update(change)
+    with pytest.raises(ValueError, match=message):
+        U.unlearn(model, (x, y), **kw)
