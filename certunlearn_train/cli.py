@@ -20,6 +20,7 @@ from typing import List
 
 from certunlearn_theory import cli as theory_cli
 
+from . import plan_cli
 from .checks import int_problem, real_problem
 from .console import stop_interrupts
 from .experiments import cli as experiments_cli
@@ -542,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     theory_cli.register(subparsers)
     _register_training(subparsers)
     experiments_cli.register(subparsers)
+    plan_cli.register(subparsers, epilog=_EPILOG, types=dict(
+        real=_POS_FLOAT, pos_int=_POS_INT, seed=_SEED, fraction=_FRACTION, cls=_CLASS,
+        threads=_THREADS, delta=_FRACTION, nonneg=_float_type(0.0, low_open=False),
+        keep=_float_type(0.0, 1.0)))
     return parser
 
 
