@@ -20,6 +20,7 @@ from typing import List, Optional
 
 from certunlearn_theory import cli as theory_cli
 
+from . import plan_cli
 from .checks import int_problem, real_problem
 from .experiments import cli as experiments_cli
 from .interrupts import run_command, stop_interrupts
@@ -98,6 +99,8 @@ _WIDTH = _int_type(1, MAX_WIDTH)
 _POS_FLOAT = _float_type(0.0)
 _EPOCHS = _float_type(0.0, MAX_EPOCHS)
 _FRACTION = _float_type(0.0, 1.0, high_open=True)
+#: Data set names (certunlearn_train.data.DATASETS, spelled out to keep numpy out of the import).
+DATA_CHOICES = ("digits", "mnist5k", "mnist", "cifar10")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +283,8 @@ def _demo(args) -> int:
                    args.overwrite)
     with _OutputFolder(out):
         _set_threads(args.threads)
-        result = run_demo(out, quick=args.quick, seed=args.seed, progress=_progress(args))
+        result = run_demo(out, quick=args.quick, seed=args.seed, progress=_progress(args),
+                          data=args.data)
     print(f"output folder: {result['out']}")
     return 0
 
@@ -600,6 +604,9 @@ def _register_training(subparsers) -> None:
                     "model.pt.", epilog=_EPILOG, formatter_class=fmt)
     p.add_argument("--out", help="output folder (default: a fresh folder under runs/)")
     p.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
+    p.add_argument("--data", choices=("digits", "mnist5k"), default="digits",
+                   help="digits (scikit-learn's) or mnist5k (5,000 MNIST digits; needs the "
+                        "extra certunlearn[mnist])")
     p.add_argument("--seed", type=_SEED, default=None,
                    help="fix every random choice, the unlearning noise included (a "
                         "reproduction, not a private release)")
@@ -611,10 +618,10 @@ def _register_training(subparsers) -> None:
 
     p = subparsers.add_parser("train", help="train a model (the one to unlearn from)",
                               epilog=_EPILOG, formatter_class=fmt)
-    p.add_argument("--data", choices=("digits", "mnist", "cifar10"), default="digits")
+    p.add_argument("--data", choices=DATA_CHOICES, default="digits")
     p.add_argument("--data-root", help="directory of the MNIST IDX / CIFAR-10 pickle files")
-    p.add_argument("--test-fraction", type=_FRACTION, default=0.2, help="digits only")
-    p.add_argument("--split-seed", type=_SEED, default=0, help="digits only")
+    p.add_argument("--test-fraction", type=_FRACTION, default=0.2, help="digits, mnist5k only")
+    p.add_argument("--split-seed", type=_SEED, default=0, help="digits, mnist5k only")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     p.add_argument("--hidden", type=_WIDTH, nargs="+", default=[64], help="MLP hidden widths")
     p.add_argument("--epochs", type=_EPOCHS, default=40.0)
@@ -651,7 +658,7 @@ def _register_training(subparsers) -> None:
     p.add_argument("model", help="model file written by train, unlearn or demo")
     p.add_argument("--model-factory", metavar="PKG.MOD:FN",
                    help="for a plain state dict: FN() builds the module")
-    p.add_argument("--data", choices=("digits", "mnist", "cifar10"),
+    p.add_argument("--data", choices=DATA_CHOICES,
                    help="default: the data set recorded in the model file")
     p.add_argument("--data-root")
     p.add_argument("--forget-fraction", type=_FRACTION)
@@ -703,6 +710,10 @@ def build_parser() -> argparse.ArgumentParser:
     theory_cli.register(subparsers)
     _register_training(subparsers)
     experiments_cli.register(subparsers)
+    plan_cli.register(subparsers, epilog=_EPILOG, types=dict(
+        real=_POS_FLOAT, pos_int=_POS_INT, seed=_SEED, fraction=_FRACTION, cls=_CLASS,
+        threads=_THREADS, delta=_FRACTION, nonneg=_float_type(0.0, low_open=False),
+        keep=_float_type(0.0, 1.0)))
     return parser
 
 

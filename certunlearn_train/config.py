@@ -5,7 +5,7 @@ Every key is checked: an unknown key, a wrong type or a value out of range gets 
 
     model_file: runs/original/model.pt   # from `certunlearn train` (or a state dict, with
                                          # model_factory: pkg.module:function)
-    data: digits                         # digits | mnist | cifar10 (data_root for the last two)
+    data: digits                         # digits | mnist5k | mnist | cifar10 (data_root: last two)
     forget_fraction: 0.1                 # or forget_classes: [3], or forget_indices_file: f.txt
     forget_seed: 0
     method: gradient_clipping            # | model_clipping | output_perturbation | retrain
@@ -85,7 +85,7 @@ MAX_EPOCHS = 1e6
 #: key -> (validator, default). A default of ``...`` means required.
 CONFIG_KEYS: Dict[str, Any] = {
     "model_file": (_str, ...),
-    "data": (_choice("digits", "mnist", "cifar10"), "digits"),
+    "data": (_choice("digits", "mnist5k", "mnist", "cifar10"), "digits"),
     "data_root": (_optional(_str), None),
     "test_fraction": (_real(0.0, 1.0, low_open=True), 0.2),
     "split_seed": (_int(0, (1 << 62) - 1), 0),
@@ -151,7 +151,7 @@ def validate_config(raw: Any, source: str = "config") -> Dict[str, Any]:
         raise ConfigError(f"{source}: give exactly one of 'forget_fraction', 'forget_classes' "
                           f"and 'forget_indices_file' (got {len(given)}: "
                           f"{', '.join(given) or 'none'})")
-    if out["data"] != "digits" and out["data_root"] is None:
+    if out["data"] not in ("digits", "mnist5k") and out["data_root"] is None:
         raise ConfigError(f"{source}: data {out['data']!r} needs 'data_root' (a local directory)")
     method = out["method"]
     if method != "retrain" and out["C0"] is None:

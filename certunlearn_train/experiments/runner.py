@@ -67,10 +67,10 @@ class _Data:
     def __init__(self, cfg, device):
         import numpy as np
 
-        from ..data import load_dataset, train_test_split
+        from ..data import BUNDLED, load_dataset, train_test_split
         d = cfg["data"]
         kwargs = {}
-        if d["name"] == "digits":
+        if d["name"] in BUNDLED:
             kwargs = dict(test_fraction=d["test_fraction"], split_seed=d["split_seed"])
         train, test = load_dataset(d["name"], d.get("root"), **kwargs)
         tr = cfg.get("transfer")
