@@ -148,13 +148,13 @@ def certified_sigma(knobs: Knobs, eps: float, delta: float, d: int) -> float:
         ValueError: the accountant cannot certify (eps, delta) with these knobs (its own error).
     """
     import certunlearn_theory as ct
+    from certunlearn_theory.float32 import calibrate_with_float32_slack
 
     from .certificates import PROJECTION_SLACK, split_tail_delta
-    from .unlearn import calibrate_with_float32_slack
     k = knobs
     if k.method == "gradient_clipping":
         sigma, slack, _ = calibrate_with_float32_slack(
-            eps, delta, T=k.steps, d=d, C0=k.C0, C1=k.C1, lr=k.lr, lam=k.lam,
+            eps, delta, T=k.steps, d=d, C0=k.C0, C1=k.C1, gamma=k.lr, lam=k.lam,
             batch_size=k.batch_size)
         acct_delta, _ = split_tail_delta(delta)
         got = ct.epsilon_for(sigma, acct_delta, k.steps, k.C0, k.C1, k.lr, k.lam,

@@ -15,6 +15,8 @@ import math
 import sys
 from typing import Any, Dict, List, Optional
 
+from .cli_common import UsageError, check_model_kind, check_output_file, forget_split, load_data, set_threads
+
 __all__ = ["register", "run_plan_command"]
 
 
@@ -36,7 +38,6 @@ def _eps_list(text: str) -> List[float]:
 
 def _settings(args) -> Dict[str, Any]:
     """Model file, data and knobs from the command line or the unlearn config file."""
-    from .cli import UsageError
     keys = ("data", "data_root", "test_fraction", "split_seed", "forget_fraction",
             "forget_classes", "forget_indices_file", "forget_seed", "method", "steps", "epochs",
             "C0", "C1", "C2", "sigma0", "lr", "lam", "batch_size", "clip", "seed",
@@ -73,15 +74,15 @@ def _settings(args) -> Dict[str, Any]:
 
 
 def run_plan_command(args) -> int:
-    from .cli import _check_output_file, _forget_split, _load_data, _set_threads
     s = _settings(args)
     if args.plot is not None:
-        _check_output_file(args.plot, "--plot")
+        check_output_file(args.plot, "--plot")
     if args.method is not None:
         s["method"] = args.method
-    _set_threads(s["threads"] if s["threads"] is not None else 1)
+    set_threads(s["threads"] if s["threads"] is not None else 1)
     from .model_files import load_model
     model, arch = load_model(s["model_file"], s["model_factory"])
+    check_model_kind(model, s["model_file"])  # as unlearn: a file of the wrong kind, exit 1
     recorded = dict(arch.get("data") or {})
     name = s["data"] or recorded.get("name", "digits")
     root = s["data_root"] or recorded.get("root")
@@ -89,14 +90,14 @@ def run_plan_command(args) -> int:
         else recorded.get("test_fraction", 0.2)
     split_seed = s["split_seed"] if s["split_seed"] is not None \
         else recorded.get("split_seed", 0)
-    train_set, test_set = _load_data(name, root, test_fraction, split_seed)
+    train_set, test_set = load_data(name, root, test_fraction, split_seed)
     if args.classes:
         import numpy as np
         train_set = train_set.subset(np.flatnonzero(np.isin(train_set.y, args.classes)))
         test_set = test_set.subset(np.flatnonzero(np.isin(test_set.y, args.classes)))
         if len(train_set) == 0 or len(test_set) == 0:
             raise ValueError(f"--classes {args.classes} selects no {name} image")
-    retain_set, forget_set = _forget_split(train_set, s["forget_fraction"], s["forget_classes"],
+    retain_set, forget_set = forget_split(train_set, s["forget_fraction"], s["forget_classes"],
                                            s["forget_seed"] or 0, s["forget_indices_file"])
     from .plan import format_plan, plan, plot_plan
     eps = s["eps"]

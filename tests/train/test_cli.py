@@ -507,7 +507,7 @@ def test_unlearn_checks_both_result_paths_before_the_work(trained, tmp_path, cap
     folder, model = trained
     out = tmp_path / "run"
     (out / "certificate.json").mkdir(parents=True)
-    monkeypatch.setattr(cli, "_load_data", lambda *a: pytest.fail("the work started"))
+    monkeypatch.setattr(cli, "load_data", lambda *a: pytest.fail("the work started"))
     cfg = _config(tmp_path, model, out=str(out))
     for extra in ([], ["--overwrite"]):
         assert main(["unlearn", "--config", str(cfg), "--no-progress", *extra]) == 2
@@ -528,7 +528,7 @@ def test_train_never_replaces_a_model_unless_asked(tmp_path, capsys):
 
 
 def test_the_pair_is_written_together_or_not_at_all(tmp_path, monkeypatch):
-    import certunlearn_train.cli as cli
+    import certunlearn_train.files as cli
     a, b = tmp_path / "model.pt", tmp_path / "certificate.json"
     a.write_bytes(b"old model")
     b.write_bytes(b"old certificate")
@@ -540,7 +540,7 @@ def test_the_pair_is_written_together_or_not_at_all(tmp_path, monkeypatch):
         return real_replace(src, dst)
     monkeypatch.setattr(cli.os, "replace", failing_replace)
     with pytest.raises(OSError):
-        cli._write_together([(str(a), b"new model"), (str(b), b"new certificate")])
+        cli.write_together([(str(a), b"new model"), (str(b), b"new certificate")])
     monkeypatch.setattr(cli.os, "replace", real_replace)
     assert a.read_bytes() == b"old model" and b.read_bytes() == b"old certificate"
     assert sorted(os.listdir(tmp_path)) == ["certificate.json", "model.pt"]  # no leftovers
@@ -548,7 +548,7 @@ def test_the_pair_is_written_together_or_not_at_all(tmp_path, monkeypatch):
     a.unlink()
     monkeypatch.setattr(cli.os, "replace", failing_replace)
     with pytest.raises(OSError):
-        cli._write_together([(str(a), b"new model"), (str(b), b"new certificate")])
+        cli.write_together([(str(a), b"new model"), (str(b), b"new certificate")])
     assert os.listdir(tmp_path) == []
 
 

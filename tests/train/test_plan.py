@@ -12,13 +12,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 import certunlearn_theory as ct
+from certunlearn_theory import calibrate_with_float32_slack
 from certunlearn_train import plan as plan_module
 from certunlearn_train.certificates import split_tail_delta
 from certunlearn_train.cli import main
 from certunlearn_train.experiments.presets import get_preset
 from certunlearn_train.experiments.runner import Experiment, _canonical, derive_seed
 from certunlearn_train.plan import Knobs, plan, search_knobs, verdict_for
-from certunlearn_train.unlearn import calibrate_with_float32_slack, unlearn
+from certunlearn_train.unlearn import unlearn
 from tests.hypothesis_budget import examples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -113,7 +114,7 @@ def test_knob_search_returns_only_certified_settings(log_eps, log_delta, d, log_
     assert tried > 1 and k.method == "gradient_clipping"
     # recomputed independently, as unlearn() calibrates it, then the forward bound
     sigma, slack, _ = calibrate_with_float32_slack(eps, delta, T=k.steps, d=d, C0=k.C0,
-                                                   C1=k.C1, lr=k.lr, lam=k.lam,
+                                                   C1=k.C1, gamma=k.lr, lam=k.lam,
                                                    batch_size=k.batch_size)
     acct_delta, _ = split_tail_delta(delta)
     assert ct.epsilon_for(sigma, acct_delta, k.steps, k.C0, k.C1, k.lr, k.lam,
@@ -232,14 +233,14 @@ def test_bad_input_is_one_line_with_unlearns_exit_codes(digits_model, tmp_path, 
     for bad in ("0", "-1", "1,-2", "x"):
         assert "argument --eps" in one_line(2, ["plan", digits_model, "--eps", bad])
     bn = _unlearnable_factory(tmp_path, monkeypatch)
-    err = one_line(2, ["plan", bn, "--eps", "1"])
+    err = one_line(1, ["plan", bn, "--eps", "1"])
     assert "cannot be unlearned" in err and "BatchNorm1d" in err
     cfg = tmp_path / "u.yaml"
     cfg.write_text(f"model_file: {bn}\nforget_fraction: 0.1\nC0: 0.01\nC1: 0.02\nsteps: 10\n"
                    f"out: {tmp_path / 'out'}\n")
-    assert one_line(2, ["unlearn", "--config", str(cfg), "--no-progress"]).endswith(
+    assert one_line(1, ["unlearn", "--config", str(cfg), "--no-progress"]).endswith(
         err.split("error: ", 1)[1])  # the same message as unlearn's
-    assert "cannot be unlearned" in one_line(2, ["plan", "--config", str(cfg)])
+    assert "cannot be unlearned" in one_line(1, ["plan", "--config", str(cfg)])
     assert "does not exist" in one_line(1, ["plan", str(tmp_path / "missing.pt"), "--eps", "1"])
     assert "--eps is required" in one_line(2, ["plan", digits_model])
     bad_cfg = tmp_path / "bad.yaml"
