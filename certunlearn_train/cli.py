@@ -57,6 +57,7 @@ from .cli_verify import keygen_command, verify_command
 from .experiments import cli as experiments_cli
 from .files import write_together
 from .interrupts import run_command, stop_interrupts
+from .ledger_cli import LEDGER_FILE, ledger_path_for, next_request, source_ledger
 
 __all__ = ["main", "build_parser", "EXIT_CODES", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE",
            "EXIT_NOT_VERIFIABLE", "EXIT_INTERRUPTED"]
@@ -68,7 +69,7 @@ def _demo(args) -> int:
         raise UsageError("--out must name a folder, got an empty string (leave --out out for a "
                          "fresh folder under runs/)")
     out = args.out or fresh_run_dir_name("demo")
-    check_results([os.path.join(out, "model.pt"), os.path.join(out, "certificate.json")], [],
+    check_results([os.path.join(out, f) for f in ("model.pt", "certificate.json", "ledger.json")], [],
                    args.overwrite)
     with OutputFolder(out):
         set_threads(args.threads)
@@ -125,9 +126,12 @@ def _unlearn(args) -> int:
     writer = distributed.is_writer()  # data parallel: only rank 0 signs and writes files
     if writer:  # before any work: never an input, never an earlier result unless --overwrite
         check_results([os.path.join(cfg["out"], "model.pt"),
-                        os.path.join(cfg["out"], "certificate.json")],
+                        os.path.join(cfg["out"], "certificate.json"),
+                        os.path.join(cfg["out"], "ledger.json")],
                        [cfg["model_file"], cfg["forget_indices_file"], cfg["sign_key"],
-                        args.config], args.overwrite)
+                        args.config,
+                        os.path.join(os.path.dirname(os.path.abspath(cfg["model_file"])),
+                                     "ledger.json")], args.overwrite)
     if cfg["method"] in ("gradient_clipping", "model_clipping"):
         from .unlearn import check_settings  # every scalar, before the model and data load
         check_settings(**_unlearn_settings(cfg))
@@ -161,9 +165,13 @@ def _unlearn_work(cfg, model, arch, sign_key, progress) -> int:
     from .unlearn import unlearn
     train_set, test_set = load_data(cfg["data"], cfg["data_root"], cfg["test_fraction"],
                                      cfg["split_seed"])
-    retain_set, forget_set = forget_split(train_set, cfg["forget_fraction"],
-                                           cfg["forget_classes"], cfg["forget_seed"],
-                                           cfg["forget_indices_file"])
+    data_info = {"name": cfg["data"], "root": cfg["data_root"],
+                 "test_fraction": cfg["test_fraction"], "split_seed": cfg["split_seed"]}
+    ledger = source_ledger(cfg["model_file"], arch, model, len(train_set), data_info)
+    request = next_request(ledger, train_set, cfg["forget_fraction"], cfg["forget_classes"],
+                           cfg["forget_seed"], cfg["forget_indices_file"])
+    retain_set = train_set.subset(request.retain_indices)
+    forget_set = train_set.subset(list(request.forget_indices))
     retain = retain_set.tensors()
     common = dict(forget_size=len(forget_set), seed=cfg["seed"],
                   progress=progress and distributed.is_writer(), device=distributed.device())
@@ -180,26 +188,31 @@ def _unlearn_work(cfg, model, arch, sign_key, progress) -> int:
         out_model, cert = unlearn(model, retain, **_unlearn_settings(cfg), **common)
     if not distributed.is_writer():  # data parallel: rank 0 writes the files and reports
         return 0
+    cert = request.bind(cert)  # the entry goes under the signature
     if sign_key is not None:
         cert = cert.sign(sign_key)
+    ledger = ledger.commit(request, cert)
     model_path = os.path.join(cfg["out"], "model.pt")
     cert_path = os.path.join(cfg["out"], "certificate.json")
-    data_info = {"name": cfg["data"], "root": cfg["data_root"],
-                 "test_fraction": cfg["test_fraction"], "split_seed": cfg["split_seed"]}
-    arch = dict(arch, data=dict(
+    ledger_path = os.path.join(cfg["out"], LEDGER_FILE)
+    arch = dict(arch, ledger={"file": LEDGER_FILE, "head": ledger.head(),
+                              "request": request.entry["request"]}, data=dict(
         arch.get("data") or {}, **data_info, forget_fraction=cfg["forget_fraction"],
         forget_classes=cfg["forget_classes"], forget_seed=cfg["forget_seed"],
         forget_indices_file=None if cfg["forget_indices_file"] is None
         else os.path.abspath(cfg["forget_indices_file"])))
     # both files or neither: a failure while writing leaves an earlier result as it was
     write_together([(model_path, model_file_bytes(out_model, arch)),
-                     (cert_path, (cert.to_json() + "\n").encode())])
+                    (cert_path, (cert.to_json() + "\n").encode()),
+                    (ledger_path, ledger.to_bytes())])
     r = evaluate_model(out_model, retain=retain, forget=forget_set.tensors(),
                        test=test_set.tensors())
     print(f"{cert.method}: {fmt_guarantee(cert.eps, cert.delta)}-unlearning of "
           f"{len(forget_set)} points; test acc {r['test_acc']:.3f}, retain acc "
           f"{r['retain_acc']:.3f}, forget acc {r['forget_acc']:.3f}, MIA AUC {r['mia_auc']:.3f}")
-    print(f"wrote {cert_path} and {model_path}" + (" (signed)" if sign_key is not None else ""))
+    print(f"wrote {cert_path}, {model_path} and {ledger_path} (request "
+          f"{request.entry['request']}: {request.entry['forgotten_before'] + len(forget_set)} "
+          f"points forgotten so far)" + (" (signed)" if sign_key is not None else ""))
     return 0
 
 
@@ -223,6 +236,17 @@ def _evaluate(args) -> int:
     root = args.data_root or data.get("root")
     train_set, test_set = load_data(name, root, data.get("test_fraction", 0.2),
                                      data.get("split_seed", 0))
+    ledger_file = ledger_path_for(args.model, arch)
+    if ledger_file is not None and args.forget_fraction is None and args.forget_classes is None:
+        from .ledger import Ledger
+        ledger = Ledger.load(ledger_file)  # the sets of the request that produced the model
+        forget = ledger.requests[-1]["forget_indices"]
+        r = evaluate_model(model, retain=train_set.subset(ledger.remaining()).tensors(),
+                           forget=train_set.subset(forget).tensors(), test=test_set.tensors())
+        print(f"test acc {r['test_acc']:.4f}  retain acc {r['retain_acc']:.4f}  forget acc "
+              f"{r['forget_acc']:.4f}  MIA AUC {r['mia_auc']:.4f}  (request "
+              f"{len(ledger.requests)} of {ledger_file})")
+        return 0
     fraction, classes, indices_file = args.forget_fraction, args.forget_classes, None
     if fraction is None and classes is None:
         fraction, classes = data.get("forget_fraction"), data.get("forget_classes")
@@ -332,6 +356,9 @@ def _register_training(subparsers) -> None:
                    help="the certificates are sequential requests, in order")
     p.add_argument("--public-key", metavar="PUB",
                    help="require a valid signature by this key (KEYFILE.pub from keygen)")
+    p.add_argument("--ledger", metavar="LEDGER",
+                   help="the ledger.json of the last request: every certificate's entry must "
+                        "be in it, with the model it records")
     p.add_argument("--model-factory", metavar="MODULE:FUNCTION",
                    help="build the model with this function (imported and run) to count its "
                         "private parameters when the model file records no bundled "

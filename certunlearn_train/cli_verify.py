@@ -53,6 +53,7 @@ def verify_command(args) -> int:
         chain_links_authenticated,
         verify_chain,
     )
+    from .ledger import Ledger, LedgerError
     from .model_files import ModelFileError
     files = args.files
     if not args.chain and len(files) != 2:
@@ -76,7 +77,9 @@ def verify_command(args) -> int:
                 reports = [certs[0].verify(model, public_key=args.public_key)]
         except NotVerifiableError as exc:
             reports = exc.reports
-    except (CertificateError, ModelFileError) as exc:
+        if getattr(args, "ledger", None):
+            Ledger.load(args.ledger).check_certificates(certs)
+    except (CertificateError, ModelFileError, LedgerError) as exc:
         print(f"certunlearn verify: FAILED: {exc}", file=sys.stderr)
         return EXIT_FAILED
     for k, r in enumerate(reports, 1):  # what must be read before the guarantee, first
@@ -95,9 +98,15 @@ def verify_command(args) -> int:
                  "the links are unauthenticated (unsigned certificates: a starting hash can be "
                  "edited to connect two runs; sign the requests to bind them)")
         print(f"chain: {len(certs)} certificates, each starting from the previous one's output; "
-              f"{links}; the final model matches (SHA-256 {sha}...). Each request is certified "
-              f"on its own against retraining without all forget sets so far (no "
-              f"composition).")
+              f"{links}; the final model matches (SHA-256 {sha}...). Each request's retain set "
+              f"is the training set less every forget set so far (ledger entries "
+              f"{(certs[0].ledger or {}).get('request')} to "
+              f"{(certs[-1].ledger or {}).get('request')}"
+              + (f", found in {args.ledger}" if getattr(args, "ledger", None) else "") +
+              "), and each request is certified on its own against retraining without all "
+              "forget sets so far (no composition)."
+              if len(certs) > 1 else
+              f"{links}; the final model matches (SHA-256 {sha}...).")
     else:
         c, r = certs[0], reports[0]
         if r.guarantee_recomputed:

@@ -110,10 +110,12 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
 
     from .baselines import retrain
     from .certificates import weights_sha256
-    from .data import load_dataset, select_forget, split_forget
+    from .data import load_dataset, select_forget
     from .evaluate import accuracy, evaluate_model
     from .experiments.metrics import comparison_line
-    from .model_files import model_arch, save_model_file
+    from .files import write_together
+    from .ledger import LEDGER_FILE, Ledger
+    from .model_files import model_arch, model_file_bytes
     from .models import build_model
     from .train import train
     from .unlearn import unlearn
@@ -125,7 +127,10 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
                  "forget_fraction": s["forget_fraction"], "forget_seed": 0}
     train_set, test_set = load_dataset(data, test_fraction=s["test_fraction"], split_seed=0)
     forget_idx = select_forget(train_set.y, fraction=s["forget_fraction"], seed=0)
-    retain_set, forget_set = split_forget(train_set, forget_idx)
+    ledger = Ledger.new(len(train_set), data_info)  # so a next request can follow this one
+    request = ledger.request(forget_idx)
+    retain_set = train_set.subset(request.retain_indices)
+    forget_set = train_set.subset(list(request.forget_indices))
     sets = dict(retain=retain_set.tensors(), forget=forget_set.tensors(), test=test_set.tensors())
     echo(f"{data}: {len(train_set)} training images ({len(forget_set)} to forget, "
          f"{len(retain_set)} retained), {len(test_set)} test images")
@@ -202,14 +207,20 @@ def run_demo(out: Optional[str] = None, *, quick: bool = False, seed: Optional[i
     echo(comparison_line(T * s["batch_size"] / len(retain_set), noisy_only["test_acc"], ft_acc,
                          control_noisy["test_acc"], control_acc, rt_acc))
 
-    arch = model_arch("mlp", input_shape, train_set.num_classes, data_info, hidden=s["hidden"])
+    cert = request.bind(cert)
+    ledger = ledger.commit(request, cert)
+    arch = dict(model_arch("mlp", input_shape, train_set.num_classes, data_info,
+                           hidden=s["hidden"]),
+                ledger={"file": LEDGER_FILE, "head": ledger.head(), "request": 1})
     model_path = os.path.join(out, "model.pt")
     cert_path = os.path.join(out, "certificate.json")
-    save_model_file(model_path, unlearned, arch)
-    cert.save(cert_path)
+    ledger_path = os.path.join(out, LEDGER_FILE)
     cert.verify(unlearned)
     assert weights_sha256(unlearned) == cert.model_sha256_after
-    echo(f"wrote {cert_path} and {model_path}")
+    write_together([(model_path, model_file_bytes(unlearned, arch)),
+                    (cert_path, (cert.to_json() + "\n").encode()),
+                    (ledger_path, ledger.to_bytes())])
+    echo(f"wrote {cert_path}, {model_path} and {ledger_path}")
     echo(f"check them with: {verify_command()} "
          f"{shlex.quote(os.path.abspath(cert_path))} {shlex.quote(os.path.abspath(model_path))}")
     return {"out": out, "results": results, "certificate": cert,

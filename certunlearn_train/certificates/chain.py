@@ -5,6 +5,7 @@ from typing import List
 
 from ._values import CertificateError
 from .checks import NotVerifiableError, VerifyReport
+from .ledger_record import link_problem
 
 __all__ = ["verify_chain", "chain_links_authenticated"]
 
@@ -28,7 +29,9 @@ def verify_chain(certificates, model=None, *, public_key=None,
     for any starting point in the C0 ball, so request k is certified against retraining without
     all forget sets up to k, with no composition over requests); then certificate k+1 must
     start from the model certificate k produced (``model_sha256_before`` equal to the previous
-    ``model_sha256_after``), and ``model`` must be the last output. A chain is signed throughout
+    ``model_sha256_after``), and ``model`` must be the last output. Every certificate of a
+    chain of two or more carries a ledger entry, and each entry follows the previous one: the
+    retain set of request k+1 is the training set less every forget set up to k. A chain is signed throughout
     or not at all: a mixture is refused, since its unsigned links could be edited to connect
     (:func:`chain_links_authenticated` tells the caller which kind it is).
 
@@ -59,6 +62,16 @@ def verify_chain(certificates, model=None, *, public_key=None,
                 f"broken chain: certificate {k + 1} starts from a model with SHA-256 "
                 f"{cert.model_sha256_before[:16]}..., but certificate {k} produced "
                 f"{certificates[k - 1].model_sha256_after[:16]}...")
+        if len(certificates) > 1 and cert.ledger is None:
+            raise CertificateError(
+                f"certificate {k + 1} of the chain has no ledger entry, so its retain set is "
+                f"not accounted for: request k must be served on the training set less every "
+                f"earlier forget set (serve sequential requests through a ledger: "
+                f"docs/training.md, sequential requests)")
+        if k:
+            problem = link_problem(certificates[k - 1].ledger, cert.ledger)
+            if problem:
+                raise CertificateError(f"broken chain at certificate {k + 1}: {problem}")
     if not allow_unverifiable and not all(r.guarantee_recomputed for r in reports):
         which = [str(k + 1) for k, r in enumerate(reports) if not r.guarantee_recomputed]
         raise NotVerifiableError(

@@ -23,6 +23,7 @@ from certunlearn_theory.float32 import PROJECTION_SLACK, float32_shift_slack, ru
 
 from ._values import SHA_RE, CertificateError, is_num, pos, pos_int, same_value
 from .hashing import public_parameters_record, weights_sha256
+from .ledger_record import check_entry
 from .schema import (
     DERIVED,
     FLOAT32_FIELDS,
@@ -173,6 +174,12 @@ def verify_certificate(cert, model=None, *, public_key=None,
         if "assumption" in cert.public_parameters:
             not_checked["public_parameters.assumption"] = "the issuer's words for that " \
                                                           "declaration"
+    if cert.ledger is not None:
+        check_ledger(cert)
+        not_checked["ledger.forget_sha256"] = (
+            "that the run's forget set is the one hashed here and its retain set the training "
+            "set less every forget set so far (the data are not in the certificate; the ledger "
+            "file holds the indices)")
     signature = check_signature(cert, public_key)
     if signature == "unsigned":
         not_checked["signature"] = ("unsigned: anyone could have edited the unchecked fields "
@@ -190,6 +197,22 @@ def verify_certificate(cert, model=None, *, public_key=None,
             f"NOT VERIFIABLE: {cert.method} claims exact unlearning; exact retraining cannot be "
             f"checked from a certificate", [report])
     return report
+
+
+def check_ledger(cert) -> None:
+    """The ledger entry's shape, and the sizes it accounts for: the run's forget set is the
+    entry's, and its retain set the training set less every forget set so far."""
+    entry = cert.ledger
+    check_entry(entry)
+    if cert.forget_size != entry["forget_size"]:
+        raise CertificateError(f"forget_size = {cert.forget_size!r} differs from the ledger's "
+                               f"forget_size = {entry['forget_size']!r}")
+    want = entry["train_size"] - entry["forgotten_before"] - entry["forget_size"]
+    if cert.retain_size != want:
+        raise CertificateError(
+            f"retain_size = {cert.retain_size!r} is not the training set less every forget set "
+            f"so far: {entry['train_size']} - {entry['forgotten_before']} - "
+            f"{entry['forget_size']} = {want}")
 
 
 def private_parameter_count(cert, model) -> Optional[int]:

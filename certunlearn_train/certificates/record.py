@@ -22,7 +22,10 @@ from .schema import FORMAT, FORMAT_V1
 from .signing import sign_record
 from .v1 import from_v1
 
-__all__ = ["RunCertificate"]
+__all__ = ["RunCertificate", "OPTIONAL_FIELDS"]
+
+#: Fields a certificate file may leave out (then None).
+OPTIONAL_FIELDS = frozenset({"ledger"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +52,9 @@ class RunCertificate:
     public_parameters: Optional[Dict[str, Any]] = None
     format: str = FORMAT
     signature: Optional[Dict[str, str]] = None
+    #: The ledger entry of a request in a sequence (``ledger_record``); None for a run served
+    #: outside a ledger. Written only when set, so certificates without it keep their bytes.
+    ledger: Optional[Dict[str, Any]] = None
     #: The format the certificate was read from (not part of its JSON): ``certunlearn.run/1``
     #: files are converted to this format's vocabulary, and verify holds them to that format's
     #: rules (their guarantee does not cover float32 rounding).
@@ -66,7 +72,8 @@ class RunCertificate:
         return [f.name for f in dataclasses.fields(cls) if f.name != "read_from"]
 
     def to_dict(self) -> Dict[str, Any]:
-        data = {name: getattr(self, name) for name in self.json_fields()}
+        data = {name: getattr(self, name) for name in self.json_fields()
+                if name not in OPTIONAL_FIELDS or getattr(self, name) is not None}
         return json.loads(json.dumps(data, allow_nan=False))
 
     @classmethod
@@ -84,10 +91,11 @@ class RunCertificate:
         unknown = sorted(set(data) - set(names), key=str)
         if unknown:
             raise CertificateError(f"unknown certificate field(s): {', '.join(map(str, unknown))}")
-        missing = [n for n in names if n not in data]
+        missing = [n for n in names if n not in data and n not in OPTIONAL_FIELDS]
         if missing:
             raise CertificateError(f"certificate is missing field(s): {', '.join(missing)}")
-        return cls(**{n: data[n] for n in names}, read_from=fmt)
+        fields: Dict[str, Any] = {n: data.get(n) for n in names}
+        return cls(**fields, read_from=fmt)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)

@@ -4,6 +4,7 @@ import pytest
 
 from certunlearn_train import certificates as C
 from certunlearn_train.cli import main
+from certunlearn_train.ledger import Ledger
 from certunlearn_train.unlearn import unlearn
 
 from .helpers import tiny_problem
@@ -11,15 +12,25 @@ from .helpers import tiny_problem
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
+    """Two requests served through a ledger (request 2 forgets points 3-5 of what request 1
+    left), and a run of request 2 that did not start from request 1's output."""
     model, x, y = tiny_problem(n=30)
     kw = dict(eps=1.0, delta=1e-5, C0=0.5, C1=0.05, lr=0.1, steps=5, batch_size=8,
               progress=False)
-    keep1 = list(range(3, 30))           # request 1 forgets points 0-2
-    keep2 = list(range(6, 30))           # request 2 also forgets points 3-5
-    out1, c1 = unlearn(model, (x[keep1], y[keep1]), forget_size=3, **kw)
-    out2, c2 = unlearn(out1, (x[keep2], y[keep2]), forget_size=3, **kw)
+    ledger = Ledger.new(30)
+    r1 = ledger.request([0, 1, 2])
+    keep1 = r1.retain_indices
+    out1, c1 = unlearn(model, (x[keep1], y[keep1]), forget_size=r1.forget_size, **kw)
+    c1 = r1.bind(c1)
+    ledger = ledger.commit(r1, c1)
+    r2 = ledger.request([3, 4, 5])
+    keep2 = r2.retain_indices
+    assert list(keep2) == list(range(6, 30))
+    out2, c2 = unlearn(out1, (x[keep2], y[keep2]), forget_size=r2.forget_size, **kw)
+    c2 = r2.bind(c2)
     # a run that did not start from out1
-    out3, c3 = unlearn(model, (x[keep2], y[keep2]), forget_size=6, **kw)
+    out3, c3 = unlearn(model, (x[keep2], y[keep2]), forget_size=r2.forget_size, **kw)
+    c3 = r2.bind(c3)
     folder = tmp_path_factory.mktemp("chain")
     for name, cert, out in (("1", c1, out1), ("2", c2, out2), ("3", c3, out3)):
         cert.save(str(folder / f"c{name}.json"))

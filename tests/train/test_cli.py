@@ -483,7 +483,7 @@ def test_unlearn_never_replaces_a_result_unless_asked_and_never_its_input(traine
     cfg = _config(tmp_path, model, out=str(out))
     assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 0
     first = _hashes(out)
-    assert sorted(first) == ["certificate.json", "model.pt"]
+    assert sorted(first) == ["certificate.json", "ledger.json", "model.pt"]
     capsys.readouterr()
     assert main(["unlearn", "--config", str(cfg), "--no-progress"]) == 2
     assert "already exist: give --overwrite" in _one_line_error(capsys, "certunlearn unlearn:")
@@ -657,6 +657,11 @@ def test_the_example_config_runs_as_documented(tmp_path, monkeypatch, capsys):
     assert "gradient_clipping: (1, 1e-05)-unlearning of 144 points" in capsys.readouterr().out
     assert main(["verify", "runs/unlearned/certificate.json", "runs/unlearned/model.pt"]) == 0
     assert "OK: gradient_clipping" in capsys.readouterr().out
+    # the next request, as documented in examples/unlearn-next.yaml
+    assert main(["unlearn", "--config", os.path.join(REPO, "examples", "unlearn-next.yaml")]) == 0
+    assert "of 129 points" in capsys.readouterr().out  # 10% of the 1294 not forgotten yet
+    assert main(["verify", "--chain", "runs/unlearned/certificate.json",
+                 "runs/unlearned-2/certificate.json", "runs/unlearned-2/model.pt"]) == 0
 
 
 def test_keygen_creates_the_documented_key_folder(tmp_path, monkeypatch, capsys):

@@ -148,32 +148,45 @@ def test_a_signature_without_a_key_names_an_unknown_signer(run, tmp_path, capsys
     assert code == EXIT_OK and "valid, by the given key" in out.out
 
 
-def _forged_link(cert):
-    """``cert`` again as a second request whose starting hash was edited to connect to it: the
-    run did not start from the model the first request produced."""
-    return C.RunCertificate.from_dict(dict(cert.to_dict(),
-                                           model_sha256_before=cert.model_sha256_after))
+@pytest.fixture(scope="module")
+def requests():
+    """Request 1 served through a ledger, and request 2 run from the *original* model (not
+    request 1's output) with its starting hash edited to connect: a forged link."""
+    from certunlearn_train.ledger import Ledger
+    from certunlearn_train.unlearn import unlearn
+
+    from .helpers import tiny_problem
+    model, x, y = tiny_problem(n=30)
+    kw = dict(eps=1.0, delta=1e-5, C0=0.5, C1=0.05, lr=0.1, steps=5, batch_size=8,
+              progress=False)
+    ledger = Ledger.new(30)
+    r1 = ledger.request([0, 1, 2])
+    out1, c1 = unlearn(model, (x[r1.retain_indices], y[r1.retain_indices]), forget_size=3, **kw)
+    c1 = r1.bind(c1)
+    r2 = ledger.commit(r1, c1).request([3, 4, 5])
+    out2, c2 = unlearn(model, (x[r2.retain_indices], y[r2.retain_indices]), forget_size=3, **kw)
+    forged = C.RunCertificate.from_dict(dict(r2.bind(c2).to_dict(),
+                                             model_sha256_before=c1.model_sha256_after))
+    return c1, forged, out2
 
 
-def test_an_edited_unsigned_link_is_reported_unauthenticated(run, tmp_path, capsys):
-    folder, cert, model = run
-    first, second = cert, _forged_link(cert)
-    c1, c2 = tmp_path / "c1.json", tmp_path / "c2.json"
+def test_an_edited_unsigned_link_is_reported_unauthenticated(requests, tmp_path, capsys):
+    first, second, out2 = requests
+    c1, c2, m = tmp_path / "c1.json", tmp_path / "c2.json", tmp_path / "m.pt"
     c1.write_text(first.to_json())
     c2.write_text(second.to_json())
-    code = main(["verify", "--chain", str(c1), str(c2), str(folder / "run" / "model.pt")])
+    C.save_model_file(str(m), out2)
+    code = main(["verify", "--chain", str(c1), str(c2), str(m)])
     out = capsys.readouterr().out
     assert code == EXIT_OK and "the links are unauthenticated" in out
 
 
-def test_a_chain_mixing_signed_and_unsigned_links_is_refused(run, tmp_path, capsys):
-    folder, cert, model = run
+def test_a_chain_mixing_signed_and_unsigned_links_is_refused(requests, tmp_path):
+    first, second, out2 = requests
     key = tmp_path / "k.key"
     assert main(["keygen", "--out", str(key)]) == 0
-    signed_first = cert.sign(str(key))
-    second = _forged_link(cert)
     with pytest.raises(C.CertificateError, match="mixes signed and unsigned"):
-        C.verify_chain([signed_first, second], model)
-    both = [signed_first, second.sign(str(key))]
-    C.verify_chain(both, model, public_key=str(key) + ".pub")
+        C.verify_chain([first.sign(str(key)), second], out2)
+    both = [first.sign(str(key)), second.sign(str(key))]
+    C.verify_chain(both, out2, public_key=str(key) + ".pub")
     assert C.chain_links_authenticated(both)
