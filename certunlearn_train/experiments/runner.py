@@ -12,8 +12,11 @@ orders and noise; all methods share the seed's forget set and original model (a 
 comparison). Tuning runs on ``tune_seeds``, disjoint from the evaluation seeds, and ranks
 configurations by :func:`validation_score` on the validation split only.
 
-Every run's certificate is written to ``OUT/certificates/<key>.json`` and verified
-(:meth:`RunCertificate.verify`, against the weights it certifies) before the unit is recorded.
+Every run's certificate is written to ``OUT/certificates/<key>.json``, with the model it binds in
+``<key>.pt``, and verified (:meth:`RunCertificate.verify`, against the weights it certifies)
+before the unit is recorded; the unit records the certificate file's SHA-256. Every summary,
+including one written from reused units, verifies each stored certificate again against its
+model and that hash, so a certificate or model edited on disk stops the run.
 The unlearning noise is seeded from the experiment seed so that a run can be reproduced: those
 certificates record ``noise_seed_user_supplied = true`` (a reproduction, not a private release).
 """
@@ -260,9 +263,20 @@ class Experiment:
                 "val_acc": accuracy(model, *self.data.val_t)}
 
     def _save_cert(self, cert, key, model) -> str:
+        """Write the certificate and the model it binds together (``certificates/<key>.json``
+        and ``.pt``, a model file ``certunlearn verify`` reads), after verifying them."""
+        from ..files import write_together
+        from ..model_files import model_arch, model_file_bytes
         cert.verify(model, allow_unverifiable=True)
         rel = os.path.join("certificates", key + ".json")
-        cert.save(os.path.join(self.out, rel))
+        kwargs = {k: tuple(v) if isinstance(v, list) else v
+                  for k, v in self.cfg["model"].get("kwargs", {}).items()}
+        arch = model_arch(self.cfg["model"]["name"], self.data.input_shape,
+                          self.data.num_classes, {"name": self.cfg["data"].get("name")},
+                          **kwargs)
+        write_together([(os.path.join(self.out, rel[:-len(".json")] + ".pt"),
+                         model_file_bytes(model, arch)),
+                        (os.path.join(self.out, rel), (cert.to_json() + "\n").encode())])
         return rel
 
     def _compute(self, spec, key) -> Dict[str, Any]:
@@ -362,6 +376,8 @@ class Experiment:
                     private=private, progress=False)
                 times["pre_request_s"] = stop()
                 rec["certificate"] = self._save_cert(cert, key, dp_model)
+                rec["certificate_sha256"] = _file_sha256(os.path.join(self.out,
+                                                                      rec["certificate"]))
                 rec.update(certified_epsilon=cert.epsilon, certified_delta=cert.delta,
                            sigma=cert.sigma)
                 cert = None
@@ -406,6 +422,7 @@ class Experiment:
             return rec
         if cert is not None:
             rec["certificate"] = self._save_cert(cert, key, model)
+            rec["certificate_sha256"] = _file_sha256(os.path.join(self.out, rec["certificate"]))
             rec.update(certified_epsilon=cert.epsilon, certified_delta=cert.delta,
                        sigma=cert.sigma)
         points.sort(key=lambda p: p["epochs"])
@@ -504,6 +521,11 @@ class Experiment:
         summary = write_outputs(self.out, self.cfg, tuning, chosen, results, echo=self.echo)
         self.echo(f"units: {self.computed} computed, {self.reused} reused from {self.out}/units")
         return summary
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
 
 
 def _group_name(method, eps) -> str:

@@ -139,14 +139,40 @@ def format_table(summary: Dict[str, Any], eps: Optional[float] = None) -> str:
 
 
 def verify_certificates(out: str, results: List[Dict[str, Any]]) -> int:
-    """Load and verify every certificate the evaluation runs wrote; return how many."""
-    from ..certificates import RunCertificate
+    """Verify every certificate the evaluation runs wrote, against the model stored with it
+    and the file hash its unit recorded; return how many.
+
+    Raises:
+        CertificateError: a certificate or model is missing, was edited after its run, or
+            does not verify (the message names the file).
+    """
+    import hashlib
+
+    from ..certificates import CertificateError, RunCertificate
+    from ..model_files import ModelFileError, load_model_file, model_from_arch
     n = 0
     for r in results:
-        if r.get("certificate"):
-            RunCertificate.load(os.path.join(out, r["certificate"])).verify(
-                allow_unverifiable=True)
-            n += 1
+        if not r.get("certificate"):
+            continue
+        path = os.path.join(out, r["certificate"])
+        model_path = path[:-len(".json")] + ".pt"
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+            if r.get("certificate_sha256") not in (None, hashlib.sha256(raw).hexdigest()):
+                raise CertificateError("edited after its run (its SHA-256 is not the one the "
+                                       "unit recorded)")
+            if "certificate_sha256" not in r:
+                raise CertificateError("written by an older version without its model: delete "
+                                       "the unit to run it again")
+            if not os.path.exists(model_path):
+                raise CertificateError(f"the model it binds, {model_path}, is missing")
+            state, arch = load_model_file(model_path)
+            cert = RunCertificate.from_json(raw.decode("utf-8"))
+            cert.verify(model_from_arch(arch, state), allow_unverifiable=True)
+        except (OSError, UnicodeDecodeError, CertificateError, ModelFileError) as exc:
+            raise CertificateError(f"{path}: {exc}") from None
+        n += 1
     return n
 
 
@@ -194,7 +220,8 @@ def write_outputs(out: str, cfg: Dict[str, Any], tuning, chosen, results, *,
     echo("")
     echo(table)
     echo("")
-    echo(f"{n_cert} certificates saved under {out}/certificates, all verified")
+    echo(f"{n_cert} certificates saved under {out}/certificates with the models they bind, "
+         f"all verified again from disk")
     return summary
 
 

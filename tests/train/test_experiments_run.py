@@ -20,6 +20,7 @@ import pytest
 from certunlearn_train.experiments.figures import FIGURES
 from certunlearn_train.experiments.presets import CERTIFIED, METHOD_NAMES, get_preset
 from certunlearn_train.experiments.runner import Experiment, unit_key
+from certunlearn_train.model_files import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -148,7 +149,8 @@ def test_every_certificate_is_saved_and_verifies(resumed_run):
     assert ok and all(r["certificate"] for r in ok)
     for r in ok:
         cert = RunCertificate.load(str(out / r["certificate"]))
-        cert.verify()
+        model_file = str(out / r["certificate"])[:-len(".json")] + ".pt"
+        assert cert.verify(load_model(model_file)[0], allow_unverifiable=True).model_checked
         want = {"dpsgd_group": ("dpsgd", "dpsgd_group"),
                 "retrain_init_scale": ("retrain",)}.get(r["method"], (r["method"],))
         assert cert.method in want
@@ -157,6 +159,39 @@ def test_every_certificate_is_saved_and_verifies(resumed_run):
         else:
             assert (cert.epsilon, cert.delta) == (0.0, 0.0)
     assert resumed_run["summary"]["certificates_verified"] == len(ok)
+
+
+def test_the_command_verifies_a_stored_certificate_with_its_model(resumed_run, capsys):
+    from certunlearn_train.cli import EXIT_NOT_VERIFIABLE, EXIT_OK, main
+    out = resumed_run["out"]
+    rows = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines()]
+    for method, code in (("gradient_clipping", EXIT_OK), ("retrain", EXIT_NOT_VERIFIABLE)):
+        r = next(r for r in rows if r["method"] == method and r["status"] == "ok")
+        cert = str(out / r["certificate"])
+        assert main(["verify", cert, cert[:-len(".json")] + ".pt"]) == code
+    assert "parameters.d" not in capsys.readouterr().out  # counted from the stored model
+
+
+def test_a_certificate_edited_on_disk_stops_a_rerun(resumed_run, tmp_path):
+    import shutil
+
+    from certunlearn_train.certificates import CertificateError
+    out = tmp_path / "copy"
+    shutil.copytree(resumed_run["out"], out)
+    rows = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines()]
+    victim = out / next(r for r in rows if r["status"] == "ok")["certificate"]
+    original = victim.read_bytes()
+    data = json.loads(original)
+    data["noise_seed_user_supplied"] = False  # unchecked by verify, but not by the rerun
+    victim.write_text(json.dumps(data))
+    exp = Experiment(resumed_run["cfg"], str(out), progress=False, echo=lambda s: None)
+    with pytest.raises(CertificateError, match="edited after its run"):
+        exp.run()
+    assert exp.computed == 0  # every unit was reused: the check is on reuse
+    victim.write_bytes(original)
+    victim.with_suffix(".pt").unlink()  # the model it binds is gone
+    with pytest.raises(CertificateError, match="the model it binds, .* is missing"):
+        Experiment(resumed_run["cfg"], str(out), progress=False, echo=lambda s: None).run()
 
 
 def test_unit_key_depends_on_every_part_of_the_config():
