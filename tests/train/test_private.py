@@ -125,7 +125,7 @@ def test_baselines_keep_the_public_part(baseline):
                                   private=[model.net[2]], progress=False)
     assert _sha(out, pub) == before and cert.public_parameters["sha256"] == before
     assert not torch.equal(out.net[2].weight, model.net[2].weight)
-    cert.verify(out)
+    cert.verify(out, allow_unverifiable=True)  # retrain: every check but the guarantee
 
 
 @pytest.fixture(scope="module")
