@@ -22,7 +22,10 @@ from .schema import FORMAT, FORMAT_V1
 from .signing import sign_record
 from .v1 import from_v1
 
-__all__ = ["RunCertificate"]
+__all__ = ["RunCertificate", "OPTIONAL_FIELDS"]
+
+#: Fields a certificate file may leave out (null when absent, and then not written).
+OPTIONAL_FIELDS = ("buffers",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,9 @@ class RunCertificate:
     noise_seed_user_supplied: bool
     created_utc: str
     public_parameters: Optional[Dict[str, Any]] = None
+    #: What the run did to each buffer (THEORY.md section 10.4); absent from the JSON when the
+    #: model has none (and in certificates issued before the field existed).
+    buffers: Optional[Dict[str, Any]] = None
     format: str = FORMAT
     signature: Optional[Dict[str, str]] = None
     #: The format the certificate was read from (not part of its JSON): ``certunlearn.run/1``
@@ -66,7 +72,8 @@ class RunCertificate:
         return [f.name for f in dataclasses.fields(cls) if f.name != "read_from"]
 
     def to_dict(self) -> Dict[str, Any]:
-        data = {name: getattr(self, name) for name in self.json_fields()}
+        data = {name: getattr(self, name) for name in self.json_fields()
+                if not (name in OPTIONAL_FIELDS and getattr(self, name) is None)}
         return json.loads(json.dumps(data, allow_nan=False))
 
     @classmethod
@@ -84,10 +91,10 @@ class RunCertificate:
         unknown = sorted(set(data) - set(names), key=str)
         if unknown:
             raise CertificateError(f"unknown certificate field(s): {', '.join(map(str, unknown))}")
-        missing = [n for n in names if n not in data]
+        missing = [n for n in names if n not in data and n not in OPTIONAL_FIELDS]
         if missing:
             raise CertificateError(f"certificate is missing field(s): {', '.join(missing)}")
-        return cls(**{n: data[n] for n in names}, read_from=fmt)
+        return cls(**{n: data[n] for n in names if n in data}, read_from=fmt)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
