@@ -343,12 +343,16 @@ def _register_training(subparsers) -> None:
         "verify", help="check a certificate (or a chain of them) against the accountant and a "
                        "model file",
         usage="certunlearn verify [-h] [--public-key PUB] CERT MODEL\n"
-              "       certunlearn verify [-h] [--public-key PUB] --chain CERT [CERT ...] MODEL",
+              "       certunlearn verify [-h] [--public-key PUB] --chain CERT [CERT ...] MODEL\n"
+              "       certunlearn verify [-h] [--public-key PUB] CERT POSTPROCESS.json MODEL",
         description="Recompute the certificate's guarantee with the accountant from its "
                     "parameters, check every field that can be checked, the model's SHA-256 "
                     "and the signature, and list what a certificate alone cannot establish. "
                     "With --chain: certificates of sequential requests, each starting from the "
-                    "previous one's output, and the final model.",
+                    "previous one's output, and the final model. With a post-processing "
+                    "record (certunlearn.postprocess/1) between them: the certificate of the "
+                    "noisy phase, the record of the user's own post-processing, the final "
+                    "model.",
         epilog=EPILOG, formatter_class=fmt)
     p.add_argument("files", nargs="+", metavar="CERT... MODEL",
                    help="certificate.json file(s), then the model file")

@@ -56,6 +56,8 @@ def verify_command(args) -> int:
     from .ledger import Ledger, LedgerError
     from .model_files import ModelFileError
     files = args.files
+    if not args.chain and len(files) == 3:
+        return verify_postprocess_command(args)
     if not args.chain and len(files) != 2:
         raise UsageError(f"give CERT MODEL (or --chain CERT... MODEL), "
                          f"got {len(files)} path(s)")
@@ -125,6 +127,39 @@ def verify_command(args) -> int:
               "private release", file=sys.stderr)
     if not all(r.guarantee_recomputed for r in reports):
         return EXIT_NOT_VERIFIABLE
+    return EXIT_OK
+
+
+def verify_postprocess_command(args) -> int:
+    """``certunlearn verify CERT POSTPROCESS.json MODEL``: the noisy phase's certificate, the
+    record of the user's post-processing, the final model."""
+    from .certificates import CertificateError, NotVerifiableError, RunCertificate
+    from .certificates.postprocess import PostprocessRecord, verify_postprocess
+    from .model_files import ModelFileError, load_model_file
+    cert_path, post_path, model_path = args.files
+    try:
+        cert = RunCertificate.load(cert_path)
+        record = PostprocessRecord.load(post_path)
+        state, _ = load_model_file(model_path)
+        report = verify_postprocess(record, cert, model=state, public_key=args.public_key)
+    except NotVerifiableError as exc:
+        print(f"certunlearn verify: NOT VERIFIABLE: {exc}", file=sys.stderr)
+        return EXIT_NOT_VERIFIABLE
+    except (CertificateError, ModelFileError) as exc:
+        print(f"certunlearn verify: FAILED: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for text in report.certificate.warnings:
+        print(f"certunlearn verify: WARNING: {text}", file=sys.stderr)
+    print(f"certunlearn verify: OK: {cert.method}, {fmt_guarantee(cert.eps, cert.delta)}-"
+          f"unlearning recomputed by the accountant from the certificate's parameters, carried "
+          f"unchanged through post-processing; the final model matches the record (SHA-256 "
+          f"{record.model_sha256[:16]}...)")
+    print(f"  signature: {report.certificate.signature}")
+    for field, why in report.not_checked:
+        print(f"  not checked: {field}: {why}")
+    if cert.noise_seed_user_supplied:
+        print("warning: the run used a caller-chosen noise seed: it is a reproduction, not a "
+              "private release", file=sys.stderr)
     return EXIT_OK
 
 

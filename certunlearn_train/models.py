@@ -88,23 +88,25 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kwarg
 _RUNNING_STATS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
-def check_unlearnable(model: nn.Module) -> None:
+def check_unlearnable(model: nn.Module, *, buffers: bool = True) -> None:
     """Raise :class:`UnsupportedModelError` if the certificate could not cover ``model``.
 
     See the module docstring for what is refused and why. Non-finite weights are checked
     separately (by ``unlearn``), since they are a property of the weights, not of the architecture.
+    ``buffers=False`` leaves norm modules and buffers to the caller (``unlearn`` sorts them with
+    :func:`certunlearn_train.buffers.plan_buffers`, which needs the private selection).
     """
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     problems = []
-    for name, module in model.named_modules():
+    for name, module in model.named_modules() if buffers else ():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) or (
                 isinstance(module, _RUNNING_STATS) and module.track_running_stats):
             problems.append(
                 f"{name or 'model'} ({type(module).__name__}) keeps running statistics estimated "
                 "on the training data or mixes the samples of a batch; use GroupNorm or "
-                "LayerNorm")
-    for name, buf in model.named_buffers():
+                "LayerNorm (unlearn() accepts it in eval mode: see certunlearn_train.buffers)")
+    for name, buf in model.named_buffers() if buffers else ():
         if buf is not None and buf.is_floating_point() and not any(
                 name.startswith(p) for p in _stat_prefixes(model)):
             problems.append(f"buffer {name} is floating-point state outside the parameters; the "

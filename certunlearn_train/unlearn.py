@@ -47,6 +47,7 @@ from certunlearn_theory.float32 import PROJECTION_SLACK, calibrate_with_float32_
 
 from . import distributed
 from ._flat import FlatParameters, GradientSource
+from .buffers import BufferRun, BufferSpec, buffers_record, check_public_unchanged, plan_buffers
 from .certificates import (
     RunCertificate,
     build_run_certificate,
@@ -177,15 +178,16 @@ def check_finite_weights(model: nn.Module) -> None:
 
 
 def prepare_run(model: nn.Module, data, *, device, loss_fn: Callable, private: PrivateSpec,
-                name: str = "retain_data"):
+                name: str = "retain_data", allow_buffers: bool = False):
     """Everything a run checks before it touches a weight, in one place.
 
     Refuses (ValueError) an unsupported model, a device that does not exist, data on another
     device than the model (when ``device`` is None), complex or non-finite data, non-integer
     class labels, non-finite weights and a private selection that selects nothing. Returns
     ``(device, x, y, private_names, public_names)`` with the data on ``device``.
+    ``allow_buffers``: leave norm modules and buffers to the caller (:func:`plan_buffers`).
     """
-    check_unlearnable(model)
+    check_unlearnable(model, buffers=not allow_buffers)
     dev = check_device(device)
     src_device = next(model.parameters()).device
     if dev is None:
@@ -444,7 +446,7 @@ def fine_tune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Settings, *
 
 def certify(model: nn.Module, s: Settings, cal: NoiseCalibration, *, T: int, d: int, n: int,
             sha_before: str, public_names: List[str], public: Optional[dict],
-            seed_user_supplied: bool) -> RunCertificate:
+            seed_user_supplied: bool, buffers: Optional[dict] = None) -> RunCertificate:
     """Stage 6: check the final weights (same on every rank, finite, public part unchanged) and
     issue the certificate."""
     distributed.check_replicas(model, "the unlearned weights")  # before any per-rank decision
@@ -467,7 +469,7 @@ def certify(model: nn.Module, s: Settings, cal: NoiseCalibration, *, T: int, d: 
         method=s.method, sigma=cal.sigma, eps=s.eps, delta=s.delta, parameters=params,
         retain_size=n, forget_size=s.forget_size, sha_before=sha_before,
         sha_after=weights_sha256(model), seed_user_supplied=seed_user_supplied,
-        public_parameters=public)
+        public_parameters=public, buffers=buffers)
 
 
 @contextlib.contextmanager
@@ -521,6 +523,7 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             grad_buffer_bytes: int = 64 << 20,
             after_noisy_phase: Optional[Callable[[nn.Module], None]] = None,
             epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
+            public_buffers: BufferSpec = None,
             ) -> Tuple[nn.Module, RunCertificate]:
     """Unlearn the forget set from ``model`` by noisy fine-tuning on ``retain_data``.
 
@@ -564,6 +567,12 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             evaluate it; it must not modify the model).
         epoch_callback: called as ``epoch_callback(epoch_index, model)`` after every whole pass
             of the fine-tuning (see :func:`certunlearn_train.train.train`).
+        public_buffers: buffers to keep bit-identical and record as public besides those of
+            modules whose parameters are all public (names, modules or a predicate
+            ``(name, buffer) -> bool``): state training never changes, such as a positional
+            encoding. BatchNorm: a public one must be in eval mode; a private one runs the noisy
+            phase with mean 0 and variance 1 and has its statistics re-estimated on the retain
+            set afterwards (see :mod:`certunlearn_train.buffers`, THEORY.md section 10.4).
 
     Returns:
         ``(unlearned_model, certificate)``; the certificate's (eps, delta) is the accountant's,
@@ -581,16 +590,18 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
                        finetune_batch_size=finetune_batch_size, forget_size=forget_size,
                        grad_buffer_bytes=grad_buffer_bytes)
     device, x, y, priv, pub = prepare_run(model, retain_data, device=device, loss_fn=loss_fn,
-                                          private=private)
+                                          private=private, allow_buffers=True)
+    bufplan = plan_buffers(model, priv, public_buffers)
     n = len(y)
     T = plan_steps(s, n)
     named = dict(model.named_parameters())
     d = sum(named[name].numel() for name in priv)
     cal = calibrate_noise(s, T=T, d=d)
-    with restored_on_failure(model):
+    with restored_on_failure(model), contextlib.ExitStack() as stack:
         modes = save_modes(model)
         work, flat, sha_before = working_copy(model, inplace, device, priv)
         modes = list(zip(work.modules(), [m for _, m in modes]))
+        bufrun = stack.enter_context(BufferRun(work, bufplan))  # noisy phase: constant stats
         try:
             check_model_fits_data(work, x, y, loss_fn)  # on `device`, before touching weights
             check_buffers_constant(work, x, y)
@@ -599,6 +610,7 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
                                ).probe(x, y)
             restore_modes(modes)
             public = public_record(work, pub)
+            buffers = buffers_record(work, bufplan, finetuned=s.finetune_epochs > 0)
             distributed.check_same_data(x, y)
             noise = distributed.noise_stream(seed)  # same key on every rank (rank 0's secret)
             gen = torch.Generator()
@@ -612,11 +624,14 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
         finally:
             flat.release()
             restore_modes(modes)
+        bufrun.end_noisy_phase(x, min(s.batch_size, n))  # post-processing on the retain set
         if after_noisy_phase is not None:
             after_noisy_phase(work)
             restore_modes(modes)
         fine_tune(work, x, y, s, private=priv, public=pub, seed=seed, loss_fn=loss_fn,
                   progress=progress, epoch_callback=epoch_callback)
+        check_public_unchanged(work, bufplan, buffers)
         cert = certify(work, s, cal, T=T, d=d, n=n, sha_before=sha_before, public_names=pub,
-                       public=public, seed_user_supplied=noise.seed_is_user_supplied)
+                       public=public, seed_user_supplied=noise.seed_is_user_supplied,
+                       buffers=buffers)
     return work, cert

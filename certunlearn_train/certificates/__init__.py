@@ -12,6 +12,8 @@ One concept per module, imports pointing down this list:
 - :mod:`.building`: :func:`build_run_certificate`;
 - :mod:`.ledger_record`: the ledger entry a request's certificate binds;
 - :mod:`.chain`: :func:`verify_chain` for sequential requests.
+- :mod:`.buffer_checks`: the ``buffers`` field (used by :mod:`.checks`);
+- :mod:`.postprocess`: the record of the user's own post-processing (imported on its own).
 
 The float32 rounding bound (``float32_shift_slack``, ``split_tail_delta``, ``run_delta``) is the
 accountant's (:mod:`certunlearn_theory.float32`); its names stay importable from here.

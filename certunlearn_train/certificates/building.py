@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from typing import Any, Mapping, Optional
 
 from certunlearn_theory.float32 import run_delta, split_tail_delta
@@ -25,6 +26,7 @@ def build_run_certificate(*, method: str, sigma: Optional[float], eps: float, de
                           forget_size: Optional[int], sha_before: str, sha_after: str,
                           seed_user_supplied: bool,
                           public_parameters: Optional[Mapping[str, Any]] = None,
+                          buffers: Optional[Mapping[str, Any]] = None,
                           ) -> RunCertificate:
     """Issue the accountant's certificate for the run and wrap it with the run's metadata.
 
@@ -57,6 +59,7 @@ def build_run_certificate(*, method: str, sigma: Optional[float], eps: float, de
         forget_size=None if forget_size is None else int(forget_size),
         model_sha256_before=sha_before, model_sha256_after=sha_after,
         public_parameters=None if public_parameters is None else dict(public_parameters),
+        buffers=None if buffers is None else json.loads(json.dumps(buffers)),
         accountant=acct, library_version=library_versions(),
         noise_seed_user_supplied=bool(seed_user_supplied),
         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))

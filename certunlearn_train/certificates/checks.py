@@ -22,6 +22,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 from certunlearn_theory.float32 import PROJECTION_SLACK, float32_shift_slack, run_delta
 
 from ._values import SHA_RE, CertificateError, is_num, pos, pos_int, same_value
+from .buffer_checks import check_buffers_model, check_buffers_types
 from .hashing import public_parameters_record, weights_sha256
 from .ledger_record import check_entry
 from .schema import (
@@ -180,6 +181,7 @@ def verify_certificate(cert, model=None, *, public_key=None,
             "that the run's forget set is the one hashed here and its retain set the training "
             "set less every forget set so far (the data are not in the certificate; the ledger "
             "file holds the indices)")
+    check_buffers_model(cert, model, not_checked)
     signature = check_signature(cert, public_key)
     if signature == "unsigned":
         not_checked["signature"] = ("unsigned: anyone could have edited the unchecked fields "
@@ -313,6 +315,7 @@ def check_types(cert) -> None:
             raise CertificateError("public_parameters must be null or {\"names\": [distinct "
                                    "parameter names], \"sha256\": 64 hex digits, "
                                    "optionally \"assumption\": text}")
+    check_buffers_types(cert.buffers)
     if not isinstance(cert.library_version, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str)
             for k, v in cert.library_version.items()):

@@ -24,8 +24,9 @@ from .v1 import from_v1
 
 __all__ = ["RunCertificate", "OPTIONAL_FIELDS"]
 
-#: Fields a certificate file may leave out (then None).
-OPTIONAL_FIELDS = frozenset({"ledger"})
+#: Fields a certificate file may leave out (then None, and not written, so certificates without
+#: them keep their bytes and signatures).
+OPTIONAL_FIELDS = frozenset({"ledger", "buffers"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,9 @@ class RunCertificate:
     noise_seed_user_supplied: bool
     created_utc: str
     public_parameters: Optional[Dict[str, Any]] = None
+    #: What the run did to each buffer (THEORY.md section 10.4); absent from the JSON when the
+    #: model has none (and in certificates issued before the field existed).
+    buffers: Optional[Dict[str, Any]] = None
     format: str = FORMAT
     signature: Optional[Dict[str, str]] = None
     #: The ledger entry of a request in a sequence (``ledger_record``); None for a run served

@@ -14,7 +14,8 @@ from ._values import CertificateError, clip_mode, nonneg, opt_pos, pos, pos_int,
 __all__ = ["FORMAT", "FORMAT_V1", "ACCOUNTED_METHODS", "RUN_METHODS", "METHOD_ALIASES",
            "RUN_ONLY", "OPTIONAL_RUN", "PARAM_RENAMES", "DERIVED", "NOT_CHECKABLE",
            "FLOAT32_FIELDS", "rename_params", "issue_accountant", "acct_keys",
-           "normalise_params", "no_unused_finetune_lr", "library_versions"]
+           "normalise_params", "no_unused_finetune_lr", "library_versions",
+           "NOISY_PHASE_STATISTICS", "BUFFERS_AFTERWARDS"]
 
 FORMAT = "certunlearn.run/2"
 FORMAT_V1 = "certunlearn.run/1"
@@ -45,6 +46,12 @@ for _schema in RUN_ONLY.values():  # processes of a data-parallel run (1: one pr
 #: Run-only parameters a certificate may leave out (recorded only when they differ from a default,
 #: or absent from certificates written before they existed).
 OPTIONAL_RUN = frozenset({"finetune_batch_size", "world_size", "float32_tail_delta", "d"})
+#: The certificate's ``buffers`` field (THEORY.md section 10.4): what the noisy phase used for
+#: the private running statistics, and what may have happened to them afterwards.
+NOISY_PHASE_STATISTICS = "mean 0, variance 1 in eval mode (an affine layer)"
+BUFFERS_AFTERWARDS = ("re-estimated on the retain set through the noisy model",
+                      "re-estimated on the retain set through the noisy model, then updated by "
+                      "fine-tuning on the retain set")
 #: Names of format certunlearn.run/1 (and of the callers) -> this format's (the accountant's).
 PARAM_RENAMES = {"lr": "gamma", "steps": "T"}
 

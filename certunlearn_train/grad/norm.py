@@ -1,10 +1,14 @@
-"""nn.LayerNorm / nn.GroupNorm affine parameters: out = xhat * weight + bias elementwise.
+"""nn.LayerNorm / nn.GroupNorm / nn.BatchNorm (eval mode) affine parameters: out = xhat * weight
++ bias elementwise.
 
 Sample i's gradients are sum over its positions of g * xhat (weight) and of g (bias), formed
 directly (as many numbers per sample as the parameter has); xhat is recomputed from the input.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -41,3 +45,34 @@ def group_norm_rule(module: nn.GroupNorm, inputs, g):
 
 register(nn.LayerNorm, layer_norm_rule)
 register(nn.GroupNorm, group_norm_rule)
+
+
+def batch_norm_rule(module: nn.modules.batchnorm._BatchNorm, inputs, g):
+    """BatchNorm in eval mode with running statistics is a per-channel affine map:
+    xhat = (x - running_mean) / sqrt(running_var + eps), then xhat * weight + bias. In train
+    mode it mixes the samples of a batch and no per-sample gradient exists: refused."""
+    if module.training or module.running_mean is None or module.running_var is None:
+        raise ValueError(f"{type(module).__name__}: per-sample gradients exist only in eval mode "
+                         "with running statistics (in train mode it mixes the samples of a "
+                         "batch)")
+    x = inputs[0]
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    xhat = (x - module.running_mean.view(shape)) * torch.rsqrt(
+        module.running_var.view(shape) + module.eps)
+    b, c = x.shape[:2]
+    out = {}
+    if module.weight is not None:
+        out["weight"] = PerSample((g * xhat).reshape(b, c, -1).sum(2))
+    if module.bias is not None:
+        out["bias"] = PerSample(g.reshape(b, c, -1).sum(2))
+    return out
+
+
+def batch_norm_check(module) -> Optional[str]:
+    if not module.track_running_stats:
+        return "tracks no running statistics (normalises with the batch's)"
+    return None
+
+
+for _bn in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+    register(_bn, batch_norm_rule, batch_norm_check)
