@@ -21,6 +21,7 @@ import math
 from fractions import Fraction
 from typing import Tuple
 
+from ._numerics import entry_point
 from .calibration import noise_for
 
 __all__ = ["FLOAT32_U", "TAIL_DELTA_SHARE", "PROJECTION_SLACK", "split_tail_delta", "run_delta",
@@ -40,6 +41,7 @@ def _up(x: float) -> float:
     return math.nextafter(x, math.inf)
 
 
+@entry_point
 def split_tail_delta(delta: float) -> Tuple[float, float]:
     """``(delta_accountant, delta_tail)`` for a gradient-clipping target ``delta``.
 
@@ -54,6 +56,7 @@ def split_tail_delta(delta: float) -> Tuple[float, float]:
     return acct, tail
 
 
+@entry_point
 def run_delta(delta_accountant: float, delta_tail: float) -> float:
     """``delta_accountant + delta_tail`` rounded up to a float (the run's delta)."""
     s = delta_accountant + delta_tail
@@ -62,6 +65,7 @@ def run_delta(delta_accountant: float, delta_tail: float) -> float:
     return s
 
 
+@entry_point
 def float32_shift_slack(*, sigma: float, T: int, d: int, C0: float, C1: float, gamma: float,
                         lam: float, eps: float, delta_tail: float, batch_size: int) -> float:
     """Per-step shift slack covering float32 rounding in gradient clipping.
@@ -99,6 +103,7 @@ def float32_shift_slack(*, sigma: float, T: int, d: int, C0: float, C1: float, g
     return _up(slack)
 
 
+@entry_point
 def calibrate_with_float32_slack(eps: float, delta: float, *, T: int, d: int, C0: float,
                                  C1: float, gamma: float, lam: float, batch_size: int,
                                  max_rounds: int = 10) -> Tuple[float, float, float]:

@@ -533,7 +533,7 @@ def test_torchrun_cli_unlearn_writes_one_certificate_from_rank0(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("wrote ") == 1  # rank 0 alone reports and writes
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["certificate.json",
-                                                                     "model.pt"]
+                                                                     "ledger.json", "model.pt"]
     cert = RunCertificate.load(str(tmp_path / "out" / "certificate.json"))
     assert cert.parameters["world_size"] == 2 and cert.parameters["clip"] == "per_sample"
     assert main(["verify", str(tmp_path / "out" / "certificate.json"),
