@@ -185,6 +185,10 @@ def prepare_run(model: nn.Module, data, *, device, loss_fn: Callable, private: P
     class labels, non-finite weights and a private selection that selects nothing. Returns
     ``(device, x, y, private_names, public_names)`` with the data on ``device``.
     """
+    if is_stream(data):
+        raise ValueError(f"{name} must be in memory here (a pair (x, y), a TensorDataset or an "
+                         f"ArrayDataset), got {type(data).__name__}; unlearn() and the baselines "
+                         "read datasets and loaders batch by batch (prepare_batches)")
     check_unlearnable(model)
     dev = check_device(device)
     src_device = next(model.parameters()).device
