@@ -25,6 +25,7 @@ sum of the ranks' parts.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterator, Optional, Tuple
 
 import torch
@@ -32,8 +33,9 @@ import torch
 from . import distributed
 from .checks import check_data, check_int, is_class_loss
 
-__all__ = ["Batches", "TensorBatches", "DatasetBatches", "IterableBatches", "LoaderBatches",
-           "as_batches", "index_batches", "convert_pair", "tensor_pair", "is_stream"]
+__all__ = ["DataReadError", "DataFormatError", "Batches", "TensorBatches", "DatasetBatches",
+           "IterableBatches", "LoaderBatches", "as_batches", "index_batches", "convert_pair",
+           "tensor_pair", "is_stream"]
 
 #: One step's data on this rank: inputs, targets (None when this rank has no part of the
 #: batch) and the size of the global batch.
@@ -247,19 +249,20 @@ class DatasetBatches(Batches):
     def _fetch(self, indices):
         from torch.utils.data import default_collate
         getitems = getattr(self.dataset, "__getitems__", None)
-        samples = getitems(indices) if getitems is not None else [
-            self.dataset[i] for i in indices]
+        with _reading(self.name):
+            samples = getitems(indices) if getitems is not None else [
+                self.dataset[i] for i in indices]
         try:
             pairs = [tuple(s) for s in samples]
         except TypeError:
             pairs = []
         if not pairs or any(len(p) != 2 for p in pairs):
-            raise ValueError(f"{self.name}: each sample must be a pair (x, y), got "
+            raise DataFormatError(f"{self.name}: each sample must be a pair (x, y), got "
                              f"{type(samples[0]).__name__ if len(samples) else 'nothing'}")
         try:
             return default_collate(pairs)
         except (TypeError, RuntimeError) as exc:
-            raise ValueError(f"{self.name}: samples cannot be stacked into a batch "
+            raise DataFormatError(f"{self.name}: samples cannot be stacked into a batch "
                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
     def _read_first(self):
@@ -285,11 +288,51 @@ class DatasetBatches(Batches):
                               dtype=self.dtype, loss_fn=self.loss_fn)
 
 
+class DataReadError(ValueError):
+    """Reading a batch failed in the user's dataset, sampler, collate_fn or worker."""
+
+
+class DataFormatError(ValueError):
+    """A sample or batch is not what a run can use (not a pair, not stackable)."""
+
+
+@contextlib.contextmanager
+def _reading(name: str, index: Optional[int] = None):
+    """Turn a failure of the user's data code into one line naming the argument and batch."""
+    try:
+        yield
+    except (DataFormatError, DataReadError, StopIteration, GeneratorExit):
+        raise
+    except Exception as exc:  # a dataset, transform, sampler, collate_fn or worker that raised
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        # a worker's exception arrives as "Caught X in DataLoader worker ...", its traceback,
+        # and the original "X: message" last
+        first = (lines[-1] if lines[0].startswith("Caught ") else lines[0])[:300] if lines else ""
+        first = first.removeprefix(f"{type(exc).__name__}: ")
+        where = name if index is None else f"{name} (batch {index} of the run)"
+        raise DataReadError(f"{where}: reading the data failed ({type(exc).__name__}: "
+                            f"{first})") from exc
+
+
+def _read_all(batches, name: str, start: int):
+    """``batches`` with every failure to read one reported by :func:`_reading`."""
+    it = iter(batches)
+    t = start
+    while True:
+        with _reading(name, t):
+            try:
+                raw = next(it)
+            except StopIteration:
+                return
+        yield raw
+        t += 1
+
+
 def _pair(batch, name):
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch
     length = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
-    raise ValueError(f"{name} must yield (inputs, targets) pairs, got "
+    raise DataFormatError(f"{name} must yield (inputs, targets) pairs, got "
                      f"{type(batch).__name__}{length}")
 
 
@@ -304,7 +347,8 @@ class _Passes(Batches):
 
     def _read_first(self):
         try:
-            raw = next(iter(self._batches()))
+            with _reading(self.name):
+                raw = next(iter(self._batches()))
         except StopIteration:
             raise ValueError(f"{self.name} yields no data: the run needs samples") from None
         x, y = self.check(*_pair(raw, self.name), 0)
@@ -316,7 +360,7 @@ class _Passes(Batches):
         t = 0
         while True:
             empty = True
-            for raw in self._batches():
+            for raw in _read_all(self._batches(), self.name, t):
                 x, y = self.check(*_pair(raw, self.name), t)
                 if len(y) == 0:
                     raise ValueError(f"{self.name} (batch {t} of the run) is empty")

@@ -177,6 +177,26 @@ def test_a_bad_batch_midway_stops_the_run_and_leaves_the_model_untouched(what, v
         assert torch.equal(p.detach(), v) and p.data.data_ptr() == ptr and p.requires_grad == rg
 
 
+class _Unreadable(Pairs):
+    def __getitem__(self, i):
+        if i == 10:
+            raise OSError(f"disk error reading sample {i}")
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_batch_that_cannot_be_read_stops_the_run_in_one_line(workers):
+    """An exception in the user's dataset (here in a worker process) is one ValueError naming
+    the argument and the batch; the model given is untouched (inplace=True)."""
+    model, x, y = _problem(24)
+    before = flat_params(model).clone()
+    loader = DataLoader(_Unreadable(x, y), batch_size=4, num_workers=workers)
+    with pytest.raises(ValueError, match=r"^retain_data \(batch 2 of the run\): reading the data "
+                                         r"failed \(OSError: disk error reading sample 10\)$"):
+        unlearn(model, loader, steps=6, inplace=True, **GC)
+    assert torch.equal(flat_params(model), before)
+
+
 def test_what_cannot_be_read_is_refused_naming_the_argument():
     model, x, y = _problem(8)
     with pytest.raises(ValueError, match="retain_data must be a pair .* a DataLoader, got dict"):
