@@ -585,9 +585,13 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
 
     Args:
         model: the trained model (float32 parameters; see :func:`check_unlearnable`).
-        retain_data: the retain set D \\ D_f as ``(x, y)``, a ``TensorDataset`` or an
-            ``ArrayDataset``. Floating inputs/targets are cast to the parameters' dtype; integer
-            inputs (token ids) and targets (class labels) stay integer; shapes are kept.
+        retain_data: the retain set D \\ D_f as ``(x, y)``, a ``TensorDataset``, an
+            ``ArrayDataset``, a map-style ``Dataset`` of ``(x, y)`` samples, an
+            ``IterableDataset`` or a ``DataLoader`` (whose batches are the steps'; see
+            :mod:`certunlearn_train.batches`). Floating inputs/targets are cast to the
+            parameters' dtype; integer inputs (token ids) and targets (class labels) stay
+            integer; shapes are kept. A dataset or loader is read batch by batch, each batch
+            checked as it arrives; a bad one stops the run (no certificate, model untouched).
         eps, delta: the target (eps, delta)-unlearning guarantee (eps > 0, 0 < delta < 1).
         method: ``"gradient_clipping"`` (needs a finite ``C1``) or ``"model_clipping"`` (needs
             ``C2``; ``C1`` optional, ``sigma0`` optional initial noise).
@@ -598,7 +602,10 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             than that cannot lower the noise and give a warning. At most 1e8 steps.
         C0: radius the private parameters are clipped to first. C1: gradient clipping radius.
             C2: model clipping radius. lr: step size gamma. lam: weight decay lambda.
-        batch_size: retain samples per noisy step. clip: ``"batch"`` or ``"per_sample"``.
+        batch_size: retain samples per noisy step (default 64). For a ``DataLoader`` leave it
+            out: its own batch size is used (with a ``batch_sampler``, give the largest batch
+            it yields; every batch is checked against it). The certificate records the largest
+            batch a step can see. clip: ``"batch"`` or ``"per_sample"``.
         finetune_epochs, finetune_lr, finetune_batch_size: noise-free fine-tuning afterwards
             (SGD, momentum 0.9, one optimizer for the whole run; the batch size defaults to
             ``batch_size``).
