@@ -21,11 +21,13 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset, IterableDataset
 
 from certunlearn_theory.float32 import PROJECTION_SLACK
 
 from . import distributed
 from ._flat import GradientSource
+from .batches import is_stream
 from .certificates import RunCertificate, build_run_certificate, weights_sha256
 from .checks import MAX_STEPS, check_int, check_real
 from .models import check_buffers_constant
@@ -37,7 +39,14 @@ from .train import (
     steps_for_epochs,
     train,
 )
-from .unlearn import PrivateSpec, clip_to_ball_, frozen, prepare_run, public_record, working_copy
+from .unlearn import (
+    PrivateSpec,
+    clip_to_ball_,
+    frozen,
+    prepare_batches,
+    public_record,
+    working_copy,
+)
 
 __all__ = ["retrain", "output_perturbation", "dpsgd_train", "reinitialize_", "poisson_batch"]
 
@@ -81,37 +90,45 @@ def reinitialize_(model: nn.Module, seed: Optional[int] = None, private=None) ->
     return model
 
 
-def retrain(model: nn.Module, retain_data, *, epochs: float, lr: float, batch_size: int = 64,
+def retrain(model: nn.Module, retain_data, *, epochs: float, lr: float,
+            batch_size: Optional[int] = None,
             forget_size: Optional[int] = None, loss_fn: Callable = F.cross_entropy,
             private: PrivateSpec = None,
             epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
             seed: Optional[int] = None, device=None,
             progress: bool = True) -> Tuple[nn.Module, RunCertificate]:
     """Exact unlearning: ``model``'s private parameters re-initialised and trained on the retain
-    set only (public ones, see :func:`certunlearn_train.unlearn`, are kept and stay frozen)."""
+    set only (public ones, see :func:`certunlearn_train.unlearn`, are kept and stay frozen).
+
+    ``retain_data``: anything :func:`certunlearn_train.unlearn` takes; ``batch_size`` defaults
+    to 64, or a ``DataLoader``'s own."""
     lr = check_real("lr", lr, low=0.0)
-    batch_size = check_int("batch_size", batch_size, low=1)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, low=1)
     if forget_size is not None:
         forget_size = check_int("forget_size", forget_size, low=0)
-    device, x, y, priv, pub = prepare_run(model, retain_data, device=device, loss_fn=loss_fn,
-                                          private=private)
-    steps_for_epochs(epochs, len(y), batch_size)
+    device, data, priv, pub = prepare_batches(model, retain_data, device=device,
+                                              loss_fn=loss_fn, private=private,
+                                              batch_size=batch_size)
+    batch_size = data.batch_size if data.kind == "loader" else (batch_size or 64)
+    steps_for_epochs(epochs, data.pass_length(), 1)
     sha_before = weights_sha256(model)
     fresh = copy.deepcopy(model).to(device)
     reinitialize_(fresh, seed, priv if pub else None)
     distributed.broadcast_parameters(fresh)  # one initialisation for every rank
+    x, y = data.first()
     check_model_fits_data(fresh, x, y, loss_fn)
     check_buffers_constant(fresh, x, y)
     named = dict(fresh.named_parameters())
     with frozen([named[n] for n in pub]):
-        train(fresh, (x, y), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+        train(fresh, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
               loss_fn=loss_fn, epoch_callback=epoch_callback,
               parameters=[named[n] for n in priv], progress=progress, desc="retrain")
     cert = build_run_certificate(
         method="retrain", sigma=None, eps=0.0, delta=0.0,
         parameters=dict(steps=None, epochs=float(epochs), lr=float(lr),
                         batch_size=int(batch_size), world_size=distributed.world_size()),
-        retain_size=len(y), forget_size=forget_size, sha_before=sha_before,
+        retain_size=data.retain_size(), forget_size=forget_size, sha_before=sha_before,
         sha_after=_checked(fresh), seed_user_supplied=seed is not None,
         public_parameters=public_record(fresh, pub))
     return fresh, cert
@@ -119,7 +136,8 @@ def retrain(model: nn.Module, retain_data, *, epochs: float, lr: float, batch_si
 
 def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: float, C0: float,
                         finetune_epochs: float = 0.0, finetune_lr: Optional[float] = None,
-                        batch_size: int = 64, finetune_batch_size: Optional[int] = None,
+                        batch_size: Optional[int] = None,
+                        finetune_batch_size: Optional[int] = None,
                         forget_size: Optional[int] = None, loss_fn: Callable = F.cross_entropy,
                         private: PrivateSpec = None,
                         epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
@@ -132,27 +150,36 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
     r* = sup{r : theta_eps(r) <= delta} is the analytic Gaussian calibration
     (``certunlearn_theory.noise_for(..., method="output_perturbation")``, sigma rounded up), and
     s = 2^-19 C0 covers the float32 rounding of the clip (THEORY.md section 8.1; recorded as
-    ``shift_slack``).
+    ``shift_slack``). ``retain_data``: anything :func:`certunlearn_train.unlearn` takes;
+    ``batch_size`` defaults to 64, or a ``DataLoader``'s own.
     """
     import certunlearn_theory as ct
 
     from .ops import gaussian_noise
     C0 = check_real("C0", C0, low=0.0)
     finetune_epochs = check_real("finetune_epochs", finetune_epochs, low=0.0, low_open=False)
-    batch_size = check_int("batch_size", batch_size, low=1)
-    finetune_batch_size = batch_size if finetune_batch_size is None else check_int(
-        "finetune_batch_size", finetune_batch_size, low=1)
+    given_batch = batch_size
+    batch_size = check_int("batch_size", 64 if batch_size is None else batch_size, low=1)
+    if finetune_batch_size is not None:
+        finetune_batch_size = check_int("finetune_batch_size", finetune_batch_size, low=1)
     if finetune_epochs > 0 and finetune_lr is None:
         raise ValueError("finetune_epochs > 0 needs finetune_lr")
     if finetune_lr is not None:
         finetune_lr = check_real("finetune_lr", finetune_lr, low=0.0)
     if forget_size is not None:
         forget_size = check_int("forget_size", forget_size, low=0)
-    device, x, y, priv, pub = prepare_run(model, retain_data, device=device, loss_fn=loss_fn,
-                                          private=private)
-    n = len(y)
+    device, data, priv, pub = prepare_batches(model, retain_data, device=device,
+                                              loss_fn=loss_fn, private=private,
+                                              batch_size=given_batch)
+    if data.kind == "loader":
+        batch_size = data.batch_size
+    if finetune_batch_size is None:
+        finetune_batch_size = batch_size
     if finetune_epochs > 0:
-        steps_for_epochs(finetune_epochs, n, finetune_batch_size, "finetune_epochs")
+        ft = data.rebatched(finetune_batch_size, data.name)
+        steps_for_epochs(finetune_epochs, ft.pass_length("finetune_epochs"), 1,
+                         "finetune_epochs")
+    x, y = data.first()
     slack = PROJECTION_SLACK * C0  # the clip to C0 runs in float32 (THEORY.md section 8.1)
     sigma = float(ct.noise_for(eps, delta, 0, C0, None, None, method="output_perturbation",
                                shift_slack=slack))
@@ -165,7 +192,8 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
             check_model_fits_data(model, x, y, loss_fn)
             check_buffers_constant(model, x, y)
         public = public_record(model, pub)
-        distributed.check_same_data(x, y)
+        if data.kind == "tensors":
+            distributed.check_same_data(x, y)
         noise = distributed.noise_stream(seed)  # same key on every rank (rank 0's secret)
         clip_to_ball_(flat.flat, C0)
         s, o = noise.take(flat.numel)
@@ -177,7 +205,7 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
     if finetune_epochs > 0:
         assert finetune_lr is not None  # finetune_epochs > 0 without finetune_lr was refused above
         with frozen([named[n] for n in pub]):
-            train(model, (x, y), epochs=finetune_epochs, lr=finetune_lr,
+            train(model, data, epochs=finetune_epochs, lr=finetune_lr,
                   batch_size=finetune_batch_size, seed=None if seed is None else seed + 1,
                   loss_fn=loss_fn, epoch_callback=epoch_callback,
                   parameters=[named[n] for n in priv], progress=progress, desc="fine-tune")
@@ -191,7 +219,7 @@ def output_perturbation(model: nn.Module, retain_data, *, eps: float, delta: flo
         params["finetune_batch_size"] = finetune_batch_size
     cert = build_run_certificate(
         method="output_perturbation", sigma=sigma, eps=eps, delta=delta, parameters=params,
-        retain_size=n, forget_size=forget_size, sha_before=sha_before,
+        retain_size=data.retain_size(), forget_size=forget_size, sha_before=sha_before,
         sha_after=weights_sha256(model), seed_user_supplied=noise.seed_is_user_supplied,
         public_parameters=public)
     return model, cert
@@ -229,9 +257,19 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
     group_size = check_int("group_size", group_size, low=1)
     expected_batch_size = check_int("expected_batch_size", expected_batch_size, low=1)
     epochs = check_real("epochs", epochs, low=0.0)
-    device, x, y, priv, pub = prepare_run(model, train_data, device=device, loss_fn=loss_fn,
-                                          private=private, name="train_data")
-    n = len(y)
+    if is_stream(train_data) and not isinstance(train_data, Dataset) \
+            or isinstance(train_data, IterableDataset):
+        raise ValueError(
+            "train_data for dpsgd_train must be tensors or a map-style Dataset, got "
+            f"{type(train_data).__name__}: the DP-SGD accountant assumes Poisson sampling (each "
+            "point in each batch independently with probability q), which the run draws itself "
+            "by index; a DataLoader's or an IterableDataset's batches cannot provide it")
+    device, data, priv, pub = prepare_batches(model, train_data, device=device, loss_fn=loss_fn,
+                                              private=private, batch_size=None,
+                                              name="train_data")
+    x, y = data.first()
+    assert data.n is not None
+    n = data.n
     if expected_batch_size > n:
         raise ValueError(f"expected_batch_size must be <= the {n} training points, got "
                          f"{expected_batch_size}")
@@ -248,13 +286,15 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
     modes = list(zip(model.modules(), [m for _, m in modes]))
     model.to(device)
     fresh = reinitialize_(copy.deepcopy(model), seed, priv if pub else None)
-    check_model_fits_data(fresh, x, y, loss_fn)
+    label_bound = check_model_fits_data(fresh, x, y, loss_fn)
     check_buffers_constant(fresh, x, y)
     model.load_state_dict(fresh.state_dict())
     distributed.broadcast_parameters(model)  # one initialisation for every rank
     model, flat, _ = working_copy(model, True, None, priv)
     public = public_record(model, pub)
-    distributed.check_same_data(x, y)
+    if data.kind == "tensors":
+        distributed.check_same_data(x, y)
+    data.label_bound = label_bound
     noise = distributed.noise_stream(seed)  # same key on every rank (rank 0's secret)
     gen = torch.Generator()
     gen.manual_seed(seed if seed is not None else distributed.from_rank0(secrets.randbits(63)))
@@ -265,14 +305,22 @@ def dpsgd_train(model: nn.Module, train_data, *, eps: float, delta: float, group
     denom = q * n
     per_pass = max(1, round(1 / q))
     cuda = [flat.flat.device] if flat.flat.device.type == "cuda" else []
+    dp = distributed.active()
     try:
         model.train()
         for t in tqdm(range(steps), desc="DP-SGD", disable=not progress, leave=False,
                       unit="step"):
-            idx = poisson_batch(n, q, gen).to(x.device)
+            idx = poisson_batch(n, q, gen)
             s, o = noise.take(flat.numel)
             b = len(idx)
-            grads = source(x[idx], y[idx]) if b else zero_row
+            if not b:
+                grads = zero_row
+            elif dp:  # each rank reads only its slice of the global batch
+                lo, hi = distributed.local_range(b)
+                bx, by = data.batch_at(idx[lo:hi], t) if hi > lo else (None, None)
+                grads = source(bx, by, b)
+            else:
+                grads = source(*data.batch_at(idx, t))
             # the op averages over the batch (B rows, or one row holding the mean): lr B/(q n)
             # times that average is lr/(q n) times the clipped sum, as DP-SGD prescribes
             lr_eff = lr * b / denom

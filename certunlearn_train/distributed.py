@@ -45,7 +45,8 @@ __all__ = [
     "DistributedError", "ReplicaDivergenceError", "DistributedGradients", "active", "local_only",
     "rank", "world_size", "is_writer", "local_range", "from_rank0", "noise_stream",
     "gradient_source", "check_replicas", "check_same_data", "checksum", "broadcast_parameters",
-    "backward_global_mean", "set_check_every", "check_every", "init_from_env", "device",
+    "backward_global_mean", "backward_share", "sum_int", "check_same_int", "check_sharded",
+    "set_check_every", "check_every", "init_from_env", "device",
     "shutdown", "timeout_from", "DEFAULT_TIMEOUT_S", "TIMEOUT_ENV", "CHECK_EVERY_ENV",
 ]
 
@@ -326,6 +327,42 @@ def check_same_data(x: torch.Tensor, y: torch.Tensor) -> None:
         check_replicas([x, y], "the data sets given to the ranks")
 
 
+def sum_int(value: int) -> int:
+    """The sum of ``value`` over the ranks (``value`` itself outside a process group)."""
+    if not active():
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    _all_reduce(t, _reduce_op("SUM"), "summing the batch sizes of the ranks")
+    return int(t[0])
+
+
+def check_same_int(value: int, what: str) -> None:
+    """Refuse (on every rank, with a ValueError) a ``value`` that differs between the ranks."""
+    if not active():
+        return
+    t = torch.tensor([int(value), -int(value)], dtype=torch.int64)
+    _all_reduce(t, _reduce_op("MAX"), f"comparing {what}")
+    if int(t[0]) != -int(t[1]):
+        raise ValueError(f"{what} differ (from {-int(t[1])} to {int(t[0])}): every rank must be "
+                         "given the same data set")
+
+
+def check_sharded(x: torch.Tensor, y: torch.Tensor, name: str) -> None:
+    """Refuse (on every rank) a loader or iterable that gives every rank the same first batch:
+    under a process group each rank must read its own part of every global batch."""
+    if not active():
+        return
+    c = checksum([x, y]).cpu()
+    both = torch.cat([c, -c])
+    _all_reduce(both, _reduce_op("MAX"), f"comparing the first batches of {name}")
+    if torch.equal(both[:3], -both[3:]):
+        raise ValueError(
+            f"{name} gives every rank the same batches: under a process group each rank must "
+            "read its own part of every global batch; use a DistributedSampler for a map-style "
+            "dataset, make an IterableDataset yield each rank its own shard (by "
+            "torch.distributed.get_rank()), or pass a map-style Dataset itself")
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradients
 # ---------------------------------------------------------------------------------------------
@@ -356,23 +393,34 @@ class DistributedGradients:
     def probe(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.source.probe(x, y)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: Optional[torch.Tensor], y: Optional[torch.Tensor],
+                 global_size: Optional[int] = None) -> torch.Tensor:
+        """The global mean gradient. ``global_size`` None: ``(x, y)`` is the global batch and
+        this rank takes its slice; else ``(x, y)`` is already this rank's part (None: no part)
+        of a global batch of ``global_size`` samples."""
         if self.calls % self.every == 0:
             check_replicas(self.flat.flat, f"the parameters before noisy step {self.calls + 1}")
         self.calls += 1
-        b = len(x)
-        lo, hi = local_range(b)
+        if global_size is None:
+            assert x is not None and y is not None
+            b = len(x)
+            lo, hi = local_range(b)
+            x, y = x[lo:hi], y[lo:hi]
+        else:
+            b = int(global_size)
+        m = 0 if x is None else len(x)
         out = self.out
-        if hi > lo:
-            g = self.source(x[lo:hi], y[lo:hi])
+        if m:
+            assert x is not None and y is not None
+            g = self.source(x, y)
             if self.source.clip == "per_sample":
                 norms = torch.linalg.vector_norm(g.double(), dim=1)
                 scale = (self.source.C1 / norms.clamp_min(1e-300)).clamp(max=1.0)
-                if g.shape[0] != hi - lo:  # one row: the clipped mean of the slice
-                    scale = scale * (hi - lo)
+                if g.shape[0] != m:  # one row: the clipped mean of the slice
+                    scale = scale * m
                 torch.mv(g.t(), scale.to(g.dtype), out=out)
             else:
-                torch.mul(g.view(-1), hi - lo, out=out)
+                torch.mul(g.view(-1), m, out=out)
         else:
             out.zero_()
         _all_reduce(out, _reduce_op("SUM"), f"summing the gradients of noisy step {self.calls}")
@@ -396,16 +444,24 @@ def backward_global_mean(model, loss_fn, x: torch.Tensor, y: torch.Tensor, idx: 
     non-finite loss stops every rank alike). Gradients must be zero or None on entry (as after
     ``zero_grad``). ``params``: default every parameter with ``requires_grad``.
     """
-    params = [p for p in model.parameters() if p.requires_grad] if params is None \
-        else list(params)
     b = len(idx)
     lo, hi = local_range(b)
+    mine = idx[lo:hi]
+    return backward_share(model, loss_fn, x[mine] if hi > lo else None,
+                          y[mine] if hi > lo else None, b, params)
+
+
+def backward_share(model, loss_fn, x: Optional[torch.Tensor], y: Optional[torch.Tensor], b: int,
+                   params=None) -> torch.Tensor:
+    """:func:`backward_global_mean` for a rank that holds its part ``(x, y)`` (None: no part) of
+    a global batch of ``b`` samples."""
+    params = [p for p in model.parameters() if p.requires_grad] if params is None \
+        else list(params)
     share = None
-    if hi > lo:
-        mine = idx[lo:hi]
-        share = loss_fn(model(x[mine]), y[mine]) * ((hi - lo) / b)
+    if x is not None and y is not None and len(x):
+        share = loss_fn(model(x), y) * (len(x) / b)
         share.backward()
-    ref = params[0] if params else x
+    ref = params[0] if params else (x if x is not None else torch.zeros(()))
     dtype = ref.dtype if ref.is_floating_point() else torch.float32
     parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
              for p in params]

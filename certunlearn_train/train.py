@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .checks import MAX_STEPS, check_data, check_int, check_real, is_class_loss
+from .checks import MAX_STEPS, check_int, check_real, is_class_loss
 
 __all__ = ["train", "as_tensors", "epoch_batches", "steps_for_epochs", "check_model_fits_data",
            "check_data_device", "save_modes", "restore_modes", "check_finite_model"]
@@ -25,41 +25,14 @@ def as_tensors(data, device=None, dtype: Optional[torch.dtype] = None,
     :func:`certunlearn_train.checks.check_data` (complex or non-finite values, non-integer class
     labels) and moved to ``device`` when one is given.
     """
-    from torch.utils.data import TensorDataset
+    from .batches import convert_pair, tensor_pair
+    raw_x, raw_y = tensor_pair(data, name)
+    return convert_pair(raw_x, raw_y, device, dtype, loss_fn, name)
 
-    from .data import ArrayDataset
-    raw_x: object
-    raw_y: object
-    if isinstance(data, ArrayDataset):
-        raw_x, raw_y = data.x, data.y
-    elif isinstance(data, TensorDataset):
-        if len(data.tensors) != 2:
-            raise ValueError(f"a TensorDataset must hold (x, y), got {len(data.tensors)} tensors")
-        raw_x, raw_y = data.tensors
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        raw_x, raw_y = data
-    else:
-        raise ValueError("data must be a pair (x, y), a TensorDataset or an ArrayDataset, got "
-                         f"{type(data).__name__}")
-    try:
-        x = torch.as_tensor(raw_x)
-        y = torch.as_tensor(raw_y)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{name} must be numeric arrays or tensors: {exc}") from None
-    if x.dim() == 0 or y.dim() == 0 or x.shape[:1] != y.shape[:1]:
-        raise ValueError(f"x and y must have the same length, got shapes {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
-    if x.dtype == torch.bool:
-        x = x.float()
-    y = check_data(x, y, loss_fn, name)
-    if x.is_floating_point() and dtype is not None:
-        x = x.to(dtype)
-    if y.is_floating_point():
-        if dtype is not None:
-            y = y.to(dtype)
-    elif y.dtype != torch.bool:
-        y = y.to(torch.int64)
-    return x.to(device), y.to(device)
+
+def _is_loader(data) -> bool:
+    from torch.utils.data import DataLoader
+    return isinstance(data, DataLoader)
 
 
 def check_data_device(data, model_device: torch.device) -> None:
@@ -80,10 +53,8 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator):
     not divide ``n``. The batches depend only on ``n``, ``batch_size`` and the generator, never on
     a model.
     """
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, n, batch_size):
-            yield perm[i:i + batch_size]
+    from .batches import index_batches
+    return index_batches(n, batch_size, generator)
 
 
 def steps_for_epochs(epochs: float, n: int, batch_size: int, name: str = "epochs") -> int:
@@ -126,13 +97,16 @@ def check_finite_model(model: nn.Module, what: str) -> None:
 
 
 def check_model_fits_data(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                          loss_fn=F.cross_entropy) -> None:
+                          loss_fn=F.cross_entropy) -> Optional[int]:
     """Refuse, with a ValueError, data the model or the loss cannot take, before any work.
 
     Runs the model on two samples without gradients (parameters, buffers, the train/eval modes
     and the global RNG are left as they were) and, for a class loss (cross-entropy, NLL) with integer
     targets, checks every label against the number of outputs, so that a wrong input shape or an
     out-of-range label is one clear error instead of a failure deep in a training loop.
+
+    Returns the number of classes labels must stay below (a class loss on 2-D outputs), else
+    None; data read batch by batch check every later batch against it.
     """
     from .models import kept_buffers
     try:  # the global RNG and the buffers are left as they were (dropout, a counter buffer)
@@ -152,6 +126,9 @@ def check_model_fits_data(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             bad = lo if lo < 0 else hi
             raise ValueError(f"labels must lie in [0, {out.shape[1]}) for a model with "
                              f"{out.shape[1]} outputs, found {bad}")
+    if is_class_loss(loss_fn) and out.dim() == 2:
+        return int(out.shape[1])
+    return None
 
 
 def train(model: nn.Module, data, *, epochs: float, lr: float, batch_size: int = 128,
@@ -181,18 +158,20 @@ def train(model: nn.Module, data, *, epochs: float, lr: float, batch_size: int =
     batch_size = check_int("batch_size", batch_size, low=1)
     momentum = check_real("momentum", momentum, low=0.0, low_open=False)
     weight_decay = check_real("weight_decay", weight_decay, low=0.0, low_open=False)
+    from .batches import as_batches, is_stream
     first = next(model.parameters())
-    check_data_device(data, first.device)
-    x, y = as_tensors(data, first.device, first.dtype, loss_fn)
-    n = len(y)
-    if n == 0:
-        raise ValueError("cannot train on an empty data set")
-    distributed.check_same_data(x, y)
-    steps = steps_for_epochs(epochs, n, batch_size)
-    per_pass = -(-n // batch_size)
+    if not is_stream(data):
+        check_data_device(data, first.device)
+    source = as_batches(data, batch_size=None if _is_loader(data) else batch_size,
+                        device=first.device, dtype=first.dtype, loss_fn=loss_fn)
+    x, y = source.first()
+    if source.kind == "tensors":
+        distributed.check_same_data(x, y)
+    steps = steps_for_epochs(epochs, source.pass_length(), 1)
+    per_pass = source.pass_length()
     saved = save_modes(model)
     try:
-        check_model_fits_data(model, x, y, loss_fn)
+        source.label_bound = check_model_fits_data(model, x, y, loss_fn)
     finally:
         restore_modes(saved)
     if steps == 0:
@@ -203,17 +182,17 @@ def train(model: nn.Module, data, *, epochs: float, lr: float, batch_size: int =
     gen.manual_seed(int(seed) if seed is not None else distributed.from_rank0(int(torch.seed())))
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     cuda = [first.device] if first.device.type == "cuda" else []
-    batches = epoch_batches(n, batch_size, gen)
+    batches = source.stream(gen)
     dp = distributed.active()
     try:
         model.train()
         for t in tqdm(range(steps), desc=desc, disable=not progress, leave=False, unit="step"):
-            idx = next(batches).to(x.device)
+            bx, by, b = next(batches)
             opt.zero_grad(set_to_none=True)
             if dp:  # each rank its slice; gradients and loss averaged over the global batch
-                loss = distributed.backward_global_mean(model, loss_fn, x, y, idx, params)
+                loss = distributed.backward_share(model, loss_fn, bx, by, b, params)
             else:
-                loss = loss_fn(model(x[idx]), y[idx])
+                loss = loss_fn(model(bx), by)
             if not bool(torch.isfinite(loss.detach())):
                 raise ValueError(f"{desc} diverged: non-finite loss at step {t}; lower lr")
             if not dp:

@@ -47,21 +47,20 @@ from certunlearn_theory.float32 import PROJECTION_SLACK, calibrate_with_float32_
 
 from . import distributed
 from ._flat import FlatParameters, GradientSource
+from .batches import Batches, TensorBatches, as_batches, is_stream
 from .buffers import BufferRun, BufferSpec, buffers_record, check_public_unchanged, plan_buffers
 from .certificates import (
     RunCertificate,
     build_run_certificate,
-    public_parameters_record,
     weights_sha256,
 )
 from .checks import MAX_STEPS, check_choice, check_device, check_int, check_real
 from .models import check_buffers_constant, check_unlearnable
+from .private import PUBLIC_ASSUMPTION, PrivateSpec, frozen, public_record, select_private
 from .train import (
-    as_tensors,
     check_data_device,
     check_finite_model,
     check_model_fits_data,
-    epoch_batches,
     restore_modes,
     save_modes,
     steps_for_epochs,
@@ -71,89 +70,12 @@ from .train import (
 __all__ = ["unlearn", "noisy_phase", "clip_to_ball_", "METHODS", "CLIP_MODES",
            "batch_generator_seed", "select_private", "public_record", "PUBLIC_ASSUMPTION",
            "prepare_run", "Settings", "check_settings", "plan_steps", "NoiseCalibration",
-           "calibrate_noise", "clip_to_c0", "fine_tune", "certify", "restored_on_failure"]
+           "calibrate_noise", "clip_to_c0", "fine_tune", "certify", "restored_on_failure",
+           "prepare_batches"]
 
 METHODS = ("gradient_clipping", "model_clipping")
 CLIP_MODES = ("per_sample", "batch")
 _BATCH_SEED_TAG = 0x5EED_BA7C
-PUBLIC_ASSUMPTION = "public parameters were fixed independently of the data being forgotten"
-
-PrivateSpec = Union[None, Callable[[str, nn.Parameter], bool], Iterable]
-
-
-def select_private(model: nn.Module, private: PrivateSpec = None) -> Tuple[List[str], List[str]]:
-    """``(private_names, public_names)`` among ``model.named_parameters()``.
-
-    ``private`` is None (the parameters with ``requires_grad=True``), a predicate
-    ``(name, param) -> bool``, or an iterable of parameter names, submodules of ``model`` and
-    parameters (a module stands for all its parameters). A tied parameter may be named by any of
-    its names. At least one parameter must be private.
-    """
-    named = list(model.named_parameters())
-    if private is None:
-        chosen = {id(p) for _, p in named if p.requires_grad}
-        if not chosen:
-            raise ValueError("private=None selects the parameters with requires_grad=True, and "
-                             "this model has none; pass private= (names, modules or a predicate)")
-    elif callable(private) and not isinstance(private, nn.Module):
-        chosen = {id(p) for n, p in named if private(n, p)}
-    else:
-        items = [private] if isinstance(private, (str, nn.Module, nn.Parameter)) else private
-        try:
-            items = list(items)
-        except TypeError:
-            raise ValueError("private must be None, a predicate (name, param) -> bool, or a list "
-                             f"of parameter names, modules or parameters, got {private!r}"
-                             ) from None
-        aliases = dict(model.named_parameters(remove_duplicate=False))
-        ids_in_model = {id(p) for _, p in named}
-        chosen = set()
-        for it in items:
-            if isinstance(it, str):
-                if it not in aliases:
-                    raise ValueError(f"private names a parameter {it!r} that the model does not "
-                                     f"have; its parameters are {', '.join(n for n, _ in named)}")
-                chosen.add(id(aliases[it]))
-            elif isinstance(it, nn.Parameter):
-                if id(it) not in ids_in_model:
-                    raise ValueError("private lists a parameter that is not part of the model")
-                chosen.add(id(it))
-            elif isinstance(it, nn.Module):
-                if not any(m is it for m in model.modules()):
-                    raise ValueError(f"private lists a module ({type(it).__name__}) that is not "
-                                     "part of the model")
-                chosen.update(id(p) for p in it.parameters())
-            else:
-                raise ValueError("private must list parameter names, modules or parameters, got "
-                                 f"an item of type {type(it).__name__}")
-    priv = [n for n, p in named if id(p) in chosen]
-    if not priv:
-        raise ValueError(f"private selects no parameter of the model (private={private!r})")
-    return priv, [n for n, p in named if id(p) not in chosen]
-
-
-def public_record(model: nn.Module, public: List[str]) -> Optional[dict]:
-    """The certificate's record of the public parameters: names, SHA-256 and the assumption."""
-    if not public:
-        return None
-    params = dict(model.named_parameters())
-    record = public_parameters_record({n: params[n].detach() for n in public}, public)
-    return dict(record, assumption=PUBLIC_ASSUMPTION)
-
-
-@contextlib.contextmanager
-def frozen(params: Iterable[nn.Parameter]):
-    """Set ``requires_grad=False`` on ``params`` for the block; restore the flags afterwards."""
-    saved = [(p, p.requires_grad) for p in params]
-    for p, _ in saved:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, rg in saved:
-            p.requires_grad_(rg)
-
-
 def batch_generator_seed(seed: int) -> int:
     """Seed of the batch-sampling generator derived from the user's ``seed`` (documented for audits)."""
     return (int(seed) ^ _BATCH_SEED_TAG) & ((1 << 63) - 1)
@@ -187,6 +109,10 @@ def prepare_run(model: nn.Module, data, *, device, loss_fn: Callable, private: P
     ``(device, x, y, private_names, public_names)`` with the data on ``device``.
     ``allow_buffers``: leave norm modules and buffers to the caller (:func:`plan_buffers`).
     """
+    if is_stream(data):
+        raise ValueError(f"{name} must be in memory here (a pair (x, y), a TensorDataset or an "
+                         f"ArrayDataset), got {type(data).__name__}; unlearn() and the baselines "
+                         "read datasets and loaders batch by batch (prepare_batches)")
     check_unlearnable(model, buffers=not allow_buffers)
     dev = check_device(device)
     src_device = next(model.parameters()).device
@@ -194,12 +120,41 @@ def prepare_run(model: nn.Module, data, *, device, loss_fn: Callable, private: P
         check_data_device(data, src_device)
         dev = src_device
     dtype = next(model.parameters()).dtype
+    from .train import as_tensors
     x, y = as_tensors(data, dev, dtype, loss_fn, name)
     if len(y) == 0:
         raise ValueError(f"{name} is empty: the run needs samples")
     check_finite_weights(model)
     priv, pub = select_private(model, private)
     return dev, x, y, priv, pub
+
+
+def prepare_batches(model: nn.Module, data, *, device, loss_fn: Callable, private: PrivateSpec,
+                    batch_size: Optional[int], name: str = "retain_data",
+                    allow_buffers: bool = False):
+    """:func:`prepare_run` for data of any kind (:func:`certunlearn_train.batches.as_batches`):
+    returns ``(device, batches, private_names, public_names)``.
+
+    Tensors are checked whole, as by :func:`prepare_run`; a dataset or a loader has its first
+    batch read and checked here (every later batch is checked as it arrives). Batches of a
+    stream move to ``device`` (default: the model's) as they are used.
+    """
+    if not is_stream(data):
+        dev, x, y, priv, pub = prepare_run(model, data, device=device, loss_fn=loss_fn,
+                                           private=private, name=name,
+                                           allow_buffers=allow_buffers)
+        return dev, as_batches((x, y), batch_size=batch_size, loss_fn=loss_fn, name=name), \
+            priv, pub
+    check_unlearnable(model, buffers=not allow_buffers)
+    dev = check_device(device)
+    first = next(model.parameters())
+    dev = first.device if dev is None else dev
+    batches = as_batches(data, batch_size=batch_size, device=dev, dtype=first.dtype,
+                         loss_fn=loss_fn, name=name)
+    batches.first()
+    check_finite_weights(model)
+    priv, pub = select_private(model, private)
+    return dev, batches, priv, pub
 
 
 def working_copy(model: nn.Module, inplace: bool, device, private: Optional[List[str]] = None,
@@ -223,7 +178,8 @@ def working_copy(model: nn.Module, inplace: bool, device, private: Optional[List
     return model, FlatParameters(model, params=params), sha_before
 
 
-def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torch.Tensor, *,
+def noisy_phase(model: nn.Module, flat: FlatParameters, x: Union[torch.Tensor, Batches],
+                y: Optional[torch.Tensor], *,
                 steps: int, lr: float, lam: float, clip: str, C1: float, sigma: float,
                 radius: float, batch_size: int, generator: torch.Generator, noise,
                 loss_fn: Callable = F.cross_entropy, grad_buffer_bytes: int = 64 << 20,
@@ -232,7 +188,10 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
 
     Args:
         noise: a :class:`certunlearn_train.ops.NoiseStream`; each step takes ``d`` values.
-        generator: draws the batches (a fresh permutation of the retain set each epoch).
+        x, y: the retain set as tensors, or ``x`` a :class:`~certunlearn_train.batches.Batches`
+            (then ``y`` is None and ``batch_size`` is unused): its batches are the steps'.
+        generator: draws the batches of tensors and map-style datasets (a fresh permutation of
+            the retain set each epoch); a loader or an iterable keeps its own order.
         grad_buffer_bytes: per-sample gradients go to a reused (B, d) buffer that the fused op
             clips row by row when it fits in this many bytes; otherwise they are clipped and
             averaged chunk by chunk into one row.
@@ -245,16 +204,26 @@ def noisy_phase(model: nn.Module, flat: FlatParameters, x: torch.Tensor, y: torc
     from .ops import noisy_step_
 
     d = flat.numel
-    batches = epoch_batches(len(y), batch_size, generator)
-    source = GradientSource(model, flat, clip, C1, loss_fn, batch_size, grad_buffer_bytes,
-                            ghost_norms)
-    source = distributed.gradient_source(source, flat)  # data parallel inside a process group
+    if isinstance(x, Batches):
+        data: Batches = x
+    else:
+        assert y is not None
+        data = TensorBatches(x, y, batch_size, loss_fn=loss_fn)
+    batches = data.stream(generator)
+    local = GradientSource(model, flat, clip, C1, loss_fn, data.batch_size, grad_buffer_bytes,
+                           ghost_norms)
+    source = distributed.gradient_source(local, flat)  # data parallel inside a process group
     model.train()
-    source.probe(x, y)
+    source.probe(*data.first())
+    dp = source is not local
     for t in tqdm(range(steps), desc="noisy steps", disable=not progress, leave=False,
                   unit="step"):
-        idx = next(batches).to(flat.flat.device)
-        grads = source(x[idx], y[idx])
+        bx, by, b = next(batches)
+        if dp:
+            grads = source(bx, by, b)
+        else:
+            assert bx is not None and by is not None
+            grads = source(bx, by)
         seed, offset = noise.take(d)
         try:
             noisy_step_(flat.flat, grads, lr=lr, weight_decay=lam, clip=C1, noise_std=sigma,
@@ -364,15 +333,26 @@ def check_settings(*, eps, delta, method="gradient_clipping", steps=None, epochs
                     grad_buffer_bytes=grad_buffer_bytes)
 
 
-def plan_steps(s: Settings, n: int) -> int:
+def plan_steps(s: Settings, n: Optional[int], batches: Optional[Batches] = None) -> int:
     """Stage 1 (needs the retain-set size ``n``): the number T of noisy steps.
 
-    Also refuses fine-tuning of more than ``MAX_STEPS`` steps and warns when T is past the point
-    where the bound stops improving (gradient clipping without weight decay).
+    With ``batches`` read from a dataset or a loader, ``epochs`` counts its passes (a
+    ``DataLoader``'s ``len``); an iterable without ``len`` needs ``steps``. Also refuses
+    fine-tuning of more than ``MAX_STEPS`` steps and warns when T is past the point where the
+    bound stops improving (gradient clipping without weight decay).
     """
-    T = noisy_steps(s.method, s.lam, s.C0, s.C1, s.lr, n, s.batch_size, s.steps, s.epochs)
-    if s.finetune_epochs > 0:
-        steps_for_epochs(s.finetune_epochs, n, s.finetune_batch_size, "finetune_epochs")
+    if batches is not None and batches.kind != "tensors":
+        per_pass = batches.pass_length() if s.epochs is not None else 1
+        T = noisy_steps(s.method, s.lam, s.C0, s.C1, s.lr, per_pass, 1, s.steps, s.epochs)
+        if s.finetune_epochs > 0:
+            ft = batches.rebatched(s.finetune_batch_size, batches.name)
+            steps_for_epochs(s.finetune_epochs, ft.pass_length("finetune_epochs"), 1,
+                             "finetune_epochs")
+    else:
+        assert n is not None
+        T = noisy_steps(s.method, s.lam, s.C0, s.C1, s.lr, n, s.batch_size, s.steps, s.epochs)
+        if s.finetune_epochs > 0:
+            steps_for_epochs(s.finetune_epochs, n, s.finetune_batch_size, "finetune_epochs")
     flat_from = s.C0 / (s.lr * s.C1) if s.method == "gradient_clipping" and s.lam == 0.0 \
         else math.inf
     if T > max(1.0, flat_from * (1 + 1e-9)):
@@ -424,21 +404,24 @@ def clip_to_c0(flat: FlatParameters, s: Settings, noise, device=None) -> float:
     return norm
 
 
-def fine_tune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Settings, *,
+def fine_tune(model: nn.Module, x: Union[torch.Tensor, Batches], y: Optional[torch.Tensor],
+              s: Settings, *,
               private: List[str], public: List[str], seed: Optional[int] = None,
               loss_fn: Callable = F.cross_entropy, progress: bool = True,
               epoch_callback: Optional[Callable[[int, nn.Module], None]] = None) -> None:
     """Stage 5: noise-free fine-tuning of the private parameters (post-processing).
 
     The private parameters are trained whatever their ``requires_grad`` flag (``private=``
-    decides), the public ones are frozen; the flags are restored afterwards.
+    decides), the public ones are frozen; the flags are restored afterwards. ``x`` may be a
+    :class:`~certunlearn_train.batches.Batches` (then ``y`` is None).
     """
     if s.finetune_epochs <= 0:
         return
     named = dict(model.named_parameters())
     priv = [named[n] for n in private]
     with frozen([named[n] for n in public]), trainable(priv):
-        train(model, (x, y), epochs=s.finetune_epochs, lr=s.finetune_lr,
+        train(model, x if isinstance(x, Batches) else (x, y), epochs=s.finetune_epochs,
+              lr=s.finetune_lr,
               batch_size=s.finetune_batch_size, seed=None if seed is None else seed + 1,
               loss_fn=loss_fn, epoch_callback=epoch_callback, parameters=priv,
               progress=progress, desc="fine-tune")
@@ -515,7 +498,7 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             method: str = "gradient_clipping", steps: Optional[int] = None,
             epochs: Optional[float] = None, C0: float, C1: float = math.inf, lr: float,
             lam: float = 0.0, C2: Optional[float] = None, sigma0: float = 0.0,
-            batch_size: int = 64, clip: str = "batch", finetune_epochs: float = 0.0,
+            batch_size: Optional[int] = None, clip: str = "batch", finetune_epochs: float = 0.0,
             finetune_lr: Optional[float] = None, finetune_batch_size: Optional[int] = None,
             forget_size: Optional[int] = None, loss_fn: Callable = F.cross_entropy,
             private: PrivateSpec = None, seed: Optional[int] = None, device=None,
@@ -529,9 +512,13 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
 
     Args:
         model: the trained model (float32 parameters; see :func:`check_unlearnable`).
-        retain_data: the retain set D \\ D_f as ``(x, y)``, a ``TensorDataset`` or an
-            ``ArrayDataset``. Floating inputs/targets are cast to the parameters' dtype; integer
-            inputs (token ids) and targets (class labels) stay integer; shapes are kept.
+        retain_data: the retain set D \\ D_f as ``(x, y)``, a ``TensorDataset``, an
+            ``ArrayDataset``, a map-style ``Dataset`` of ``(x, y)`` samples, an
+            ``IterableDataset`` or a ``DataLoader`` (whose batches are the steps'; see
+            :mod:`certunlearn_train.batches`). Floating inputs/targets are cast to the
+            parameters' dtype; integer inputs (token ids) and targets (class labels) stay
+            integer; shapes are kept. A dataset or loader is read batch by batch, each batch
+            checked as it arrives; a bad one stops the run (no certificate, model untouched).
         eps, delta: the target (eps, delta)-unlearning guarantee (eps > 0, 0 < delta < 1).
         method: ``"gradient_clipping"`` (needs a finite ``C1``) or ``"model_clipping"`` (needs
             ``C2``; ``C1`` optional, ``sigma0`` optional initial noise).
@@ -542,7 +529,10 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             than that cannot lower the noise and give a warning. At most 1e8 steps.
         C0: radius the private parameters are clipped to first. C1: gradient clipping radius.
             C2: model clipping radius. lr: step size gamma. lam: weight decay lambda.
-        batch_size: retain samples per noisy step. clip: ``"batch"`` or ``"per_sample"``.
+        batch_size: retain samples per noisy step (default 64). For a ``DataLoader`` leave it
+            out: its own batch size is used (with a ``batch_sampler``, give the largest batch
+            it yields; every batch is checked against it). The certificate records the largest
+            batch a step can see. clip: ``"batch"`` or ``"per_sample"``.
         finetune_epochs, finetune_lr, finetune_batch_size: noise-free fine-tuning afterwards
             (SGD, momentum 0.9, one optimizer for the whole run; the batch size defaults to
             ``batch_size``).
@@ -585,15 +575,20 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             a run that diverges (non-finite loss or weights), with no certificate.
     """
     s = check_settings(eps=eps, delta=delta, method=method, steps=steps, epochs=epochs, C0=C0,
-                       C1=C1, lr=lr, lam=lam, C2=C2, sigma0=sigma0, batch_size=batch_size,
+                       C1=C1, lr=lr, lam=lam, C2=C2, sigma0=sigma0,
+                       batch_size=64 if batch_size is None else batch_size,
                        clip=clip, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
                        finetune_batch_size=finetune_batch_size, forget_size=forget_size,
                        grad_buffer_bytes=grad_buffer_bytes)
-    device, x, y, priv, pub = prepare_run(model, retain_data, device=device, loss_fn=loss_fn,
-                                          private=private, allow_buffers=True)
+    device, data, priv, pub = prepare_batches(model, retain_data, device=device,
+                                              loss_fn=loss_fn, private=private,
+                                              batch_size=batch_size, allow_buffers=True)
     bufplan = plan_buffers(model, priv, public_buffers)
-    n = len(y)
-    T = plan_steps(s, n)
+    if data.kind == "loader":  # the loader's batches are the steps': calibrate for the largest
+        s = dataclasses.replace(s, batch_size=data.batch_size,
+                                finetune_batch_size=data.batch_size if finetune_batch_size is None
+                                else s.finetune_batch_size)
+    T = plan_steps(s, data.n, data)
     named = dict(model.named_parameters())
     d = sum(named[name].numel() for name in priv)
     cal = calibrate_noise(s, T=T, d=d)
@@ -603,7 +598,9 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
         modes = list(zip(work.modules(), [m for _, m in modes]))
         bufrun = stack.enter_context(BufferRun(work, bufplan))  # noisy phase: constant stats
         try:
-            check_model_fits_data(work, x, y, loss_fn)  # on `device`, before touching weights
+            x, y = data.first()  # the first batch (tensors: all of them), checked
+            # on `device`, before touching weights
+            data.label_bound = check_model_fits_data(work, x, y, loss_fn)
             check_buffers_constant(work, x, y)
             if s.clip == "per_sample":  # refuse a non-vmap-able forward before touching weights
                 GradientSource(work, flat, s.clip, s.C1, loss_fn, 2, s.grad_buffer_bytes
@@ -611,26 +608,29 @@ def unlearn(model: nn.Module, retain_data, *, eps: float, delta: float,
             restore_modes(modes)
             public = public_record(work, pub)
             buffers = buffers_record(work, bufplan, finetuned=s.finetune_epochs > 0)
-            distributed.check_same_data(x, y)
+            if data.kind == "tensors":
+                distributed.check_same_data(x, y)
             noise = distributed.noise_stream(seed)  # same key on every rank (rank 0's secret)
             gen = torch.Generator()
             gen.manual_seed(batch_generator_seed(seed) if seed is not None
                             else distributed.from_rank0(secrets.randbits(63)))
             clip_to_c0(flat, s, noise)
-            noisy_phase(work, flat, x, y, steps=T, lr=s.lr, lam=s.lam, clip=s.clip, C1=s.C1,
-                        sigma=cal.sigma, radius=s.radius, batch_size=min(s.batch_size, n),
+            noisy_phase(work, flat, data, None, steps=T, lr=s.lr, lam=s.lam, clip=s.clip,
+                        C1=s.C1, sigma=cal.sigma, radius=s.radius, batch_size=data.batch_size,
                         generator=gen, noise=noise, loss_fn=loss_fn,
                         grad_buffer_bytes=s.grad_buffer_bytes, progress=progress)
         finally:
             flat.release()
             restore_modes(modes)
-        bufrun.end_noisy_phase(x, min(s.batch_size, n))  # post-processing on the retain set
+        # post-processing on the retain set (a stream: on its first batch)
+        bufrun.end_noisy_phase(x, min(s.batch_size, len(x)))
         if after_noisy_phase is not None:
             after_noisy_phase(work)
             restore_modes(modes)
-        fine_tune(work, x, y, s, private=priv, public=pub, seed=seed, loss_fn=loss_fn,
+        fine_tune(work, data, None, s, private=priv, public=pub, seed=seed, loss_fn=loss_fn,
                   progress=progress, epoch_callback=epoch_callback)
         check_public_unchanged(work, bufplan, buffers)
+        n = data.retain_size()
         cert = certify(work, s, cal, T=T, d=d, n=n, sha_before=sha_before, public_names=pub,
                        public=public, seed_user_supplied=noise.seed_is_user_supplied,
                        buffers=buffers)

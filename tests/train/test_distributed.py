@@ -79,6 +79,33 @@ def _sc_gc_per_sample_chunked():  # torch.func, clipped and averaged chunk by ch
                    grad_buffer_bytes=1, **GC)
 
 
+class _Pairs(torch.utils.data.Dataset):
+    """A map-style dataset made on the fly (each rank reads only its slice of every batch)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def _sc_gc_dataset_per_sample():  # batch 5 over 2 ranks: slices 2 and 3
+    return unlearn(_mlp(), _Pairs(*_data()), steps=5, batch_size=5, clip="per_sample", seed=25,
+                   finetune_epochs=1.0, finetune_lr=0.1, finetune_batch_size=7, **GC)
+
+
+def _sc_gc_dataset_batch():
+    return unlearn(_mlp(), _Pairs(*_data()), steps=5, batch_size=10, clip="batch", seed=26, **GC)
+
+
+def _sc_dpsgd_dataset():
+    return dpsgd_train(_mlp(), _Pairs(*_data()), eps=50.0, delta=1e-5, group_size=1, epochs=1.0,
+                       lr=0.1, clip=0.5, expected_batch_size=8, seed=27, progress=False)
+
+
 def _sc_mc_batch():
     return unlearn(_mlp(), _data(), steps=5, batch_size=10, clip="batch", seed=17, **MC)
 
@@ -194,6 +221,34 @@ def _outcome(fn):
     return flat_params(out[0]), out[1].to_dict()
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y))
+
+
+def _loader_runs():
+    """Loaders and iterables under a process group: sharded by the user, or refused."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+    x, y = _data()
+    sampler = DistributedSampler(_Pairs(x, y), shuffle=True, seed=3)
+    r = distributed.rank()
+    return {
+        "sharded": _outcome(lambda: unlearn(_mlp(), DataLoader(_Pairs(x, y), batch_size=4,
+                                                               sampler=sampler),
+                                            epochs=1.0, **GC)),
+        "shard_iterable": _outcome(lambda: unlearn(_mlp(), _Stream(x[r::2], y[r::2]), steps=4,
+                                                   batch_size=6, **GC)),
+        "plain_loader": _outcome(lambda: unlearn(_mlp(), DataLoader(_Pairs(x, y), batch_size=4),
+                                                 steps=2, **GC)),
+        "same_iterable": _outcome(lambda: unlearn(_mlp(), _Stream(x, y), steps=2, batch_size=4,
+                                                  **GC)),
+    }
+
+
 def _worker_compare(rank, world, store, out_dir):
     import torch.distributed as dist
     _init(rank, world, store)
@@ -201,6 +256,7 @@ def _worker_compare(rank, world, store, out_dir):
     res = {name: _outcome(fn) for name, fn in SCENARIOS.items()}
     secret = _outcome(_secret_runs)
     _save(out_dir, f"rank{rank}.pt", {"scenarios": res, "secret": secret,
+                                      "loaders": _loader_runs(),
                                       "rank": distributed.rank(),
                                       "world": distributed.world_size(),
                                       "writer": distributed.is_writer()})
@@ -239,6 +295,32 @@ def test_ranks_know_who_they_are(two_ranks):
     assert [r["rank"] for r in two_ranks] == [0, 1]
     assert [r["world"] for r in two_ranks] == [2, 2]
     assert [r["writer"] for r in two_ranks] == [True, False]
+
+
+def test_sharded_loaders_run_and_unsharded_ones_are_refused(two_ranks):
+    """A DataLoader with a DistributedSampler and an IterableDataset that yields each rank its
+    own shard run data parallel (the certificate records the global batch); a plain loader and
+    an iterable that gives every rank the same samples are refused on every rank."""
+    for name in ("sharded", "shard_iterable"):
+        got = [r["loaders"][name] for r in two_ranks]
+        for g in got:
+            assert not isinstance(g, str), g
+        assert torch.equal(got[0][0], got[1][0]), "the replicas differ"
+        cert = got[0][1]
+        assert cert["parameters"]["world_size"] == 2
+        assert cert["parameters"]["batch_size"] == (8 if name == "sharded" else 6)
+        assert cert["retain_size"] == 24 if name == "sharded" else cert["retain_size"] >= 24
+    assert cert_steps(two_ranks[0]["loaders"]["sharded"][1]) == 3  # 12 per rank / 4
+    for r in two_ranks:
+        assert r["loaders"]["plain_loader"].startswith(
+            "ValueError: retain_data: under a process group each rank must read its own part "
+            "of every global batch; give this DataLoader a DistributedSampler")
+        assert r["loaders"]["same_iterable"].startswith(
+            "ValueError: retain_data gives every rank the same batches")
+
+
+def cert_steps(cert):
+    return cert["parameters"]["T"]
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
