@@ -21,7 +21,8 @@ processes preempt the benchmark, low quantiles estimate the unloaded cost and me
 measure the load.
 
 Run: .venv/bin/python benchmarks/bench_unlearn.py [--batch 64,256] [--threads 1] [--repeats 20]
-     [--rounds 3] [--models digits-mlp,digits-cnn,mlp-784,cifar-cnn,embedding]
+     [--rounds 3] [--models digits-mlp,digits-cnn,mlp-784,cifar-cnn,embedding,resnet18-gn]
+     (resnet18-gn: ResNet-18 with GroupNorm, benchmarks/resnet_gn.py; slow, so not a default)
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from resnet_gn import ResNet18GN  # noqa: E402
 
 LR, CLIP, SIGMA = 1e-3, 1.0, 1e-4
 
@@ -115,6 +118,8 @@ def cases(names, B, dev):
         "cifar-cnn": ("CIFAR-shaped CNN", CifarCNN, lambda: torch.rand(B, 3, 32, 32, generator=g)),
         "embedding": ("embedding, 16 tokens", TokenModel,
                       lambda: torch.randint(0, 1000, (B, 16), generator=g)),
+        "resnet18-gn": ("ResNet-18 GroupNorm", ResNet18GN,
+                        lambda: torch.rand(B, 3, 32, 32, generator=g)),
     }
     for key in names:
         label, build, data = table[key]

@@ -1,10 +1,22 @@
-"""nn.Conv1d / nn.Conv2d: unfold the input into patches, then the Linear form per group.
+"""nn.Conv1d / nn.Conv2d: the per-sample weight gradients, formed or as Gram matrices.
 
 Output position t of group g uses the patch p_t (C_in/groups * prod(kernel) values, channel
 slowest, the weight's own layout), so sample i's gradient of group g's weight block
 (C_out/groups, C_in/groups * prod(kernel)) is sum_t g_t p_t^T. Any stride, padding (numbers,
 "same", "valid", and the non-zero padding modes, applied as the layer does before convolving),
 dilation and groups.
+
+Two routes, chosen per call from the layer's shape:
+
+* per-sample gradients formed by one grouped convolution over the batch (the batch folded into
+  the channels, B * groups groups: the layer's own weight-gradient kernel then gives every
+  sample's gradient at once, with no patches), returned as :class:`PerSample` so the norms and the
+  clipped sum (``s @ G``) read the same formed numbers; taken on the CPU where the Gram route is
+  not cheaper, the whole batch's gradients fit in ``WORK_BYTES``, and the patches would be a real
+  expansion of the input (``C_in/groups >= 8`` and a kernel larger than 1), the shapes where it
+  measured faster than unfolding (docs/kernel.md);
+* otherwise the input is unfolded into patches and the Linear form per group (:class:`Outer`:
+  Gram norms or formed blocks, whichever is cheaper, see :mod:`._types`).
 """
 from __future__ import annotations
 
@@ -12,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._types import Outer, PerSample
+from ._types import WORK_BYTES, Outer, PerSample
 from .registry import register
 
 
@@ -58,12 +70,58 @@ def _patches(x, kernel, stride, dilation, padding):
     return out.view(b, c * kernel[0] * kernel[1], ho * wo)
 
 
+#: Smallest C_in/groups for which the grouped-convolution route is taken (below it the patches
+#: are small and unfolding measured faster).
+GROUPED_MIN_CHANNELS = 8
+
+
+def _grouped_route(module, x, g) -> bool:
+    """Form the per-sample gradients by a grouped convolution (see the module docstring)?"""
+    b, groups = x.shape[0], module.groups
+    m = module.out_channels // groups
+    kernel = 1
+    for k in module.kernel_size:
+        kernel *= k
+    n = module.in_channels // groups * kernel
+    t = g.numel() // max(b * module.out_channels, 1)
+    return (x.device.type == "cpu" and kernel > 1 and module.in_channels // groups >=
+            GROUPED_MIN_CHANNELS and t * t * (m + n) >= t * m * n
+            and b * groups * m * n * x.element_size() <= WORK_BYTES)
+
+
+def per_sample_weight_grads(module, x2, g4, stride, dilation, padding):
+    """(B, *weight.shape) per-sample weight gradients by one grouped convolution over the batch.
+
+    x2 (B, C_in, H, W) and g4 (B, C_out, H', W') as 2-D; sample i's channels become groups
+    i * groups ... (i + 1) * groups - 1 of a single-image convolution, so its weight gradient
+    (B * C_out, C_in/groups, kh, kw) is the per-sample gradients stacked sample by sample.
+    """
+    b, groups = x2.shape[0], module.groups
+    w2 = module.weight.detach()
+    if w2.dim() == 3:  # Conv1d as a 2-D convolution of height 1
+        w2 = w2.unsqueeze(2)
+    # only the weight's shape is read (its gradient does not depend on its values)
+    shape = w2.new_empty(()).expand(b * w2.shape[0], *w2.shape[1:])
+    gw = torch.ops.aten.convolution_backward(
+        g4.reshape(1, -1, *g4.shape[2:]), x2.reshape(1, -1, *x2.shape[2:]), shape, None,
+        list(stride), list(padding), list(dilation), False, [0, 0], b * groups,
+        [False, True, False])[1]
+    return gw.view(b, *module.weight.shape)
+
+
 def conv_rule(module, inputs, g):
     x = inputs[0]
     if x.dim() != (3 if isinstance(module, nn.Conv1d) else 4):
         raise ValueError(f"input without a batch dimension (shape {tuple(x.shape)})")
     b, groups = x.shape[0], module.groups
     x2, kernel, stride, dilation, padding = _as_2d(module, x)
+    if _grouped_route(module, x, g):
+        g4 = g.reshape(b, module.out_channels, -1, g.shape[-1])  # Conv1d: height 1
+        out = {"weight": PerSample(per_sample_weight_grads(module, x2, g4, stride, dilation,
+                                                            padding))}
+        if module.bias is not None:
+            out["bias"] = PerSample(g4.sum((2, 3)))
+        return out
     p = _patches(x2, kernel, stride, dilation, padding)  # (B, n*G, T)
     length = p.shape[2]
     right = p.view(b, groups, -1, length).transpose(2, 3)                              # (B, G, T, n)

@@ -5,9 +5,10 @@ Shared by every test of a route that turns a batch into the gradient of one nois
 
 * :func:`architectures` is a hypothesis strategy for :class:`Case` objects: a small model, a batch
   ``(x, y)`` and a loss, covering linear stacks, tied weights (two ``nn.Linear`` sharing one
-  weight), a layer called twice, a weight reused outside its module, a convolution, an embedding
-  on integer token ids, and layer norm; with the cross-entropy loss, label smoothing, and MSE on
-  float targets.
+  weight), a layer called twice, a weight reused outside its module, a convolution,
+  convolutions with 8 input channels per group (one called twice; groups, dilation and padding
+  modes), an embedding on integer token ids, and layer norm; with the cross-entropy loss, label
+  smoothing, and MSE on float targets.
 * :func:`explicit_clipped_mean` is the reference: a Python loop over the samples, autograd of
   ``loss_fn(model(x_i[None]), y_i[None])`` (a shared weight's gradient is therefore the sum over
   its uses), each gradient clipped to ``C1`` in float64, then averaged.
@@ -26,8 +27,8 @@ from torch import nn
 __all__ = ["Case", "KINDS", "LOSSES", "architectures", "build_case", "explicit_clipped_mean",
            "explicit_per_sample_gradients", "norm_quantiles"]
 
-KINDS = ("linear_stack", "tied", "called_twice", "weight_reused", "conv", "embedding",
-         "layer_norm")
+KINDS = ("linear_stack", "tied", "called_twice", "weight_reused", "conv", "conv_wide",
+         "embedding", "layer_norm")
 LOSSES = ("cross_entropy", "label_smoothing", "mse")
 
 
@@ -97,6 +98,26 @@ class _Conv(nn.Module):
         return self.fc(torch.tanh(self.conv(x)).flatten(1))
 
 
+class _ConvWide(nn.Module):
+    """Convolutions with 8 input channels per group (the grouped-convolution route of the conv
+    rule): one called twice (shared weight; dilation, padding mode and groups from ``seed``),
+    then a strided one, then a Linear head."""
+
+    def __init__(self, side, o, seed):
+        super().__init__()
+        groups, dil = 1 + seed % 2, 1 + (seed // 2) % 2
+        mode = ("zeros", "reflect", "circular")[(seed // 4) % 3]
+        c = 8 * groups
+        self.a = nn.Conv2d(c, c, 3, padding=dil, dilation=dil, groups=groups, padding_mode=mode,
+                           bias=bool(seed % 5))
+        self.b = nn.Conv2d(c, 2, 3, stride=2, padding=1, groups=1)
+        self.fc = nn.Linear(2 * ((side + 1) // 2) ** 2, o)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(torch.tanh(self.a(x))))
+        return self.fc(torch.tanh(self.b(h)).flatten(1))
+
+
 class _Tokens(nn.Module):
     """Embedding of integer token ids, mean over the sequence, then a Linear head."""
 
@@ -155,6 +176,8 @@ def build_case(kind: str, loss: str, *, batch: int = 5, width: int = 4, depth: i
         model = _WeightReused(i, h, o)
     elif kind == "conv":
         model = _Conv(3, h, o)
+    elif kind == "conv_wide":
+        model = _ConvWide(5, o, seed)
     elif kind == "embedding":
         model = _Tokens(7, h, o)
     elif kind == "layer_norm":
@@ -166,6 +189,8 @@ def build_case(kind: str, loss: str, *, batch: int = 5, width: int = 4, depth: i
         x = torch.randint(0, 7, (batch, 4), generator=g)
     elif kind == "conv":
         x = torch.randn(batch, 1, 3, 3, generator=g, dtype=dtype)
+    elif kind == "conv_wide":
+        x = torch.randn(batch, model.a.in_channels, 5, 5, generator=g, dtype=dtype)
     else:
         x = torch.randn(batch, i, generator=g, dtype=dtype)
     if loss == "mse":

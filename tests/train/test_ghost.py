@@ -118,6 +118,66 @@ def test_conv_any_geometry(b, cin, groups, k, stride, pad, dil, mode, size, two_
     check(Head(nn.Sequential(conv, nn.Tanh())).build(x), x, torch.randint(0, 3, (b,)))
 
 
+class grouped_route_from:
+    """Within: the conv rule's grouped-convolution route taken from ``channels`` input channels
+    per group (1: wherever the shape allows it; a large number: never)."""
+
+    def __init__(self, channels):
+        self.channels = channels
+
+    def __enter__(self):
+        self.saved = G.conv.GROUPED_MIN_CHANNELS
+        G.conv.GROUPED_MIN_CHANNELS = self.channels
+
+    def __exit__(self, *exc):
+        G.conv.GROUPED_MIN_CHANNELS = self.saved
+
+
+@SMALL
+@given(b=st.integers(1, 4), cin=st.sampled_from([1, 2, 4, 8]), groups=st.sampled_from([1, 2]),
+       k=st.integers(2, 3), stride=st.integers(1, 3), pad=st.sampled_from([0, 1, "same"]),
+       dil=st.integers(1, 2), mode=st.sampled_from(["zeros", "reflect", "circular"]),
+       size=st.integers(5, 9), two_d=st.booleans(), bias=st.booleans(), seed=st.integers(0, 99))
+def test_conv_grouped_route_any_geometry(b, cin, groups, k, stride, pad, dil, mode, size, two_d,
+                                         bias, seed):
+    """The per-sample gradients formed by one grouped convolution over the batch: any stride,
+    padding (modes), dilation, groups, Conv1d and Conv2d, with and without bias."""
+    if cin % groups:
+        groups = 1
+    if pad == "same":
+        stride = 1
+    torch.manual_seed(seed)
+    conv = (nn.Conv2d if two_d else nn.Conv1d)(cin, 2 * groups, k, stride=stride, padding=pad,
+                                                 dilation=dil, groups=groups, bias=bias,
+                                                 padding_mode=mode)
+    x = torch.randn(b, cin, size, size) if two_d else torch.randn(b, cin, size)
+    with grouped_route_from(1):
+        out = conv(x)
+        form = G.conv.conv_rule(conv, (x,), torch.randn_like(out))["weight"]
+        t = out[0, 0].numel()
+        m, n = 2, cin // groups * k ** (2 if two_d else 1)
+        assert isinstance(form, G.PerSample) == (t * t * (m + n) >= t * m * n)
+        check(Head(nn.Sequential(conv, nn.Tanh())).build(x), x, torch.randint(0, 3, (b,)))
+
+
+def test_conv_routes_agree_and_the_shape_picks_one():
+    """Both conv routes on one layer give the same norms and clipped mean; by default a layer
+    with 8 input channels per group and a 3x3 kernel takes the grouped route, a 1x1 or a
+    3-channel input the patches."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 7, 7)
+    for channels in (1, 10 ** 6):
+        with grouped_route_from(channels):
+            model = Head(nn.Sequential(nn.Conv2d(8, 6, 3, padding=1, stride=2), nn.Tanh(),
+                                       nn.Conv2d(6, 4, 3), nn.Tanh())).build(x)
+            check(model, x, torch.randint(0, 3, (3,)))
+    wide, one, thin = nn.Conv2d(8, 6, 3), nn.Conv2d(8, 6, 1), nn.Conv2d(3, 6, 3)
+    for conv, grouped in ((wide, True), (one, False), (thin, False)):
+        xi = torch.randn(2, conv.in_channels, 9, 9)
+        form = G.conv.conv_rule(conv, (xi,), conv(xi).detach())["weight"]
+        assert isinstance(form, G.PerSample) == grouped
+
+
 @SMALL
 @given(b=st.integers(1, 4), t=st.integers(1, 6), vocab=st.integers(2, 6), dim=st.integers(1, 5),
        pad=st.sampled_from([None, 0]), seed=st.integers(0, 99))
@@ -178,6 +238,14 @@ def test_shared_parameters_include_cross_terms(seed):
     torch.manual_seed(seed)
     ids = torch.randint(0, 5, (6, 4))
     check(Tied(), ids, torch.randint(0, 5, (6,)))
+
+
+@pytest.mark.parametrize("channels", [1, 10 ** 6])
+def test_conv_called_twice_on_either_route(channels):
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 5, 5)
+    with grouped_route_from(channels):
+        check(Twice(), x, torch.randint(0, 4, (5,)))
     check(Twice(), torch.randn(5, 2, 4, 4), torch.randint(0, 4, (5,)))
 
 

@@ -102,6 +102,7 @@ def test_unclipped_routes_and_batch_gradient_equal_the_mean_gradient(case):
     ("called_twice", True),     # one module called twice: likewise
     ("weight_reused", False),   # a Linear's weight also used outside the module: fallback
     ("conv", True),
+    ("conv_wide", True),
     ("embedding", True),
 ])
 def test_ghost_norms_only_where_it_is_exact(kind, linear):
