@@ -14,7 +14,8 @@ from torch import nn
 
 from .certificates import public_parameters_record
 
-__all__ = ["PrivateSpec", "PUBLIC_ASSUMPTION", "select_private", "public_record", "frozen"]
+__all__ = ["PrivateSpec", "PUBLIC_ASSUMPTION", "select_private", "public_record", "frozen",
+           "requires_grad_set"]
 
 PUBLIC_ASSUMPTION = "public parameters were fixed independently of the data being forgotten"
 
@@ -82,13 +83,18 @@ def public_record(model: nn.Module, public: List[str]) -> Optional[dict]:
 
 
 @contextlib.contextmanager
-def frozen(params: Iterable[nn.Parameter]):
-    """Set ``requires_grad=False`` on ``params`` for the block; restore the flags afterwards."""
+def requires_grad_set(params: Iterable[nn.Parameter], value: bool):
+    """Set ``requires_grad=value`` on ``params`` for the block; restore the flags afterwards."""
     saved = [(p, p.requires_grad) for p in params]
     for p, _ in saved:
-        p.requires_grad_(False)
+        p.requires_grad_(value)
     try:
         yield
     finally:
         for p, rg in saved:
             p.requires_grad_(rg)
+
+
+def frozen(params: Iterable[nn.Parameter]):
+    """``requires_grad=False`` on ``params`` for the block (public parameters stay fixed)."""
+    return requires_grad_set(params, False)

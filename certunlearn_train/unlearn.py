@@ -56,7 +56,7 @@ from .certificates import (
 )
 from .checks import MAX_STEPS, check_choice, check_device, check_int, check_real
 from .models import check_buffers_constant, check_unlearnable
-from .private import PUBLIC_ASSUMPTION, PrivateSpec, frozen, public_record, select_private
+from .private import PUBLIC_ASSUMPTION, PrivateSpec, frozen, public_record, requires_grad_set, select_private
 from .train import (
     check_data_device,
     check_finite_model,
@@ -455,17 +455,10 @@ def certify(model: nn.Module, s: Settings, cal: NoiseCalibration, *, T: int, d: 
         public_parameters=public, buffers=buffers)
 
 
-@contextlib.contextmanager
 def trainable(params: Iterable[nn.Parameter]):
-    """Set ``requires_grad=True`` on ``params`` for the block; restore the flags afterwards."""
-    saved = [(p, p.requires_grad) for p in params]
-    for p, _ in saved:
-        p.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for p, rg in saved:
-            p.requires_grad_(rg)
+    """``requires_grad=True`` on ``params`` for the block (private ones are fine-tuned whatever
+    their flag); the flags are restored afterwards."""
+    return requires_grad_set(params, True)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ import math
 import re
 from typing import Any, Mapping, TypeGuard
 
-__all__ = ["CertificateError", "same_value", "SHA_RE", "is_num", "pos_int", "nonneg", "pos",
+__all__ = ["CertificateError", "check_utc_time", "same_value", "SHA_RE", "is_num", "pos_int", "nonneg", "pos",
            "opt_pos", "clip_mode"]
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -55,3 +55,14 @@ def opt_pos(v):
 
 def clip_mode(v):
     return None if v in ("batch", "per_sample") else "'batch' or 'per_sample'"
+
+
+def check_utc_time(value: Any, field: str = "created_utc") -> None:
+    """Refuse anything but an ISO 8601 time in UTC (the creation time of a record)."""
+    import datetime as _dt
+    try:
+        when = _dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.utcoffset() != _dt.timedelta(0):
+        raise CertificateError(f"{field} must be an ISO 8601 time in UTC, got {value!r}")

@@ -16,12 +16,11 @@ numbers it recomputes with transcendental functions to a relative 1e-9.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from certunlearn_theory.float32 import PROJECTION_SLACK, float32_shift_slack, run_delta
 
-from ._values import SHA_RE, CertificateError, is_num, pos, pos_int, same_value
+from ._values import SHA_RE, CertificateError, check_utc_time, is_num, pos, pos_int, same_value
 from .buffer_checks import check_buffers_model, check_buffers_types
 from .hashing import public_parameters_record, weights_sha256
 from .ledger_record import check_entry
@@ -323,14 +322,7 @@ def check_types(cert) -> None:
     if not isinstance(cert.noise_seed_user_supplied, bool):
         raise CertificateError(f"noise_seed_user_supplied must be true or false, got "
                                f"{cert.noise_seed_user_supplied!r}")
-    try:
-        when = _dt.datetime.fromisoformat(cert.created_utc) \
-            if isinstance(cert.created_utc, str) else None
-    except ValueError:
-        when = None
-    if when is None or when.utcoffset() != _dt.timedelta(0):
-        raise CertificateError(f"created_utc must be an ISO 8601 time in UTC, got "
-                               f"{cert.created_utc!r}")
+    check_utc_time(cert.created_utc)
     if cert.method == "retrain" and cert.accountant is not None:
         raise CertificateError("a retrain certificate has no accountant record")
     if cert.method == "retrain" and (cert.eps != 0 or cert.delta != 0):

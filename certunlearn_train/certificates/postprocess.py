@@ -21,7 +21,7 @@ import os
 from typing import Any, Dict, Mapping, Tuple
 
 from ..files import atomic_write_bytes
-from ._values import SHA_RE, CertificateError, same_value
+from ._values import SHA_RE, CertificateError, check_utc_time, same_value
 from .checks import VerifyReport
 from .hashing import canonical_bytes, weights_sha256
 
@@ -111,14 +111,7 @@ class PostprocessRecord:
         if self.assumption != POSTPROCESS_ASSUMPTION:
             raise CertificateError(f"assumption must be {POSTPROCESS_ASSUMPTION!r} (the one the "
                                    f"guarantee rests on), got {self.assumption!r}")
-        try:
-            when = _dt.datetime.fromisoformat(self.created_utc) \
-                if isinstance(self.created_utc, str) else None
-        except ValueError:
-            when = None
-        if when is None or when.utcoffset() != _dt.timedelta(0):
-            raise CertificateError(f"created_utc must be an ISO 8601 time in UTC, got "
-                                   f"{self.created_utc!r}")
+        check_utc_time(self.created_utc)
 
 
 def record_postprocess(cert, final_model, *, noisy_model=None,
