@@ -13,6 +13,7 @@ string that completes clears the mark.
 """
 from __future__ import annotations
 
+import _thread
 import signal
 import sys
 from typing import Callable, Optional, Sequence
@@ -43,8 +44,10 @@ def run_command(load_main: Callable[[], Callable[[Optional[Sequence[str]]], int]
 
     A Ctrl-C while the command loads prints ``PROG: interrupted`` and exits 130; ``main`` handles
     the ones during the work; once it has returned, SIGINT is ignored, so an interrupt that lands
-    while the interpreter shuts down cannot turn a completed run into a death by signal. Where
-    SIGINT was ignored when the process started (a background job of a shell), it stays ignored.
+    while the interpreter shuts down cannot turn a completed run into a death by signal. An
+    interrupt that Python would drop (raised inside a weakref callback or a ``__del__``) is
+    delivered again. Where SIGINT was ignored when the process started (a background job of a
+    shell), it stays ignored.
     """
     armed = [True]
 
@@ -52,8 +55,23 @@ def run_command(load_main: Callable[[], Callable[[Optional[Sequence[str]]], int]
         if armed[0]:
             raise KeyboardInterrupt
 
+    previous_hook = sys.unraisablehook
+
+    def on_unraisable(unraisable):
+        # Python drops an exception raised where none can propagate (a weakref callback of the
+        # import system, a __del__) with "Exception ignored in ...": an interrupt that lands
+        # there would be lost and the command would run to its end. Deliver it again, to land
+        # in the command's own code.
+        if armed[0] and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # from another thread, so that the handler runs once this hook has returned (called
+            # here, it would run inside the hook and be dropped again)
+            _thread.start_new_thread(_thread.interrupt_main, (signal.SIGINT,))
+            return
+        previous_hook(unraisable)
+
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, on_sigint)
+        sys.unraisablehook = on_unraisable
     code = EXIT_INTERRUPTED
     try:
         try:
@@ -68,4 +86,5 @@ def run_command(load_main: Callable[[], Callable[[Optional[Sequence[str]]], int]
         pass
     armed[0] = False
     stop_interrupts()
+    sys.unraisablehook = previous_hook
     sys.exit(code)

@@ -303,6 +303,37 @@ def test_interrupt_inside_exec_of_a_string_still_exits_130(tmp_path):
     assert res.stderr.strip() == "certunlearn probe: interrupted", res.stderr
 
 
+_INTERRUPT_IN_A_DESTRUCTOR = """
+import argparse, os, signal
+import certunlearn_train.cli as cli
+from certunlearn_train.console import run
+
+class Dropped:
+    def __del__(self):
+        # the interrupt lands where Python drops exceptions ("Exception ignored in ...")
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10**6): pass
+
+def handler(args):
+    Dropped()
+    for _ in range(10**8): pass  # the command goes on: the interrupt must land here
+    return 0
+
+class Parser:
+    def parse_args(self, argv):
+        return argparse.Namespace(command="probe", handler=handler)
+
+cli.build_parser = Parser
+run([])
+"""
+
+
+def test_an_interrupt_python_would_drop_is_delivered_again(tmp_path):
+    res = _run_module(tmp_path, "probe_dropped", _INTERRUPT_IN_A_DESTRUCTOR)
+    assert res.returncode == 130, (res.returncode, res.stderr)
+    assert res.stderr.strip() == "certunlearn probe: interrupted", res.stderr
+
+
 _INTERRUPT_DURING_IMPORTS = """
 import importlib.abc, os, signal, sys
 
