@@ -120,21 +120,21 @@ class Ledger:
                               f"[0, {self.train_size})")
         if len(np.unique(idx)) != len(idx):
             raise LedgerError("forget indices repeat")
-        done = np.intersect1d(idx, self.forgotten())
+        forgotten = self.forgotten()
+        done = np.intersect1d(idx, forgotten)
         if done.size:
             k = next(i + 1 for i, r in enumerate(self.requests)
                      if int(done[0]) in set(r["forget_indices"]))
             raise LedgerError(f"point {int(done[0])} was already forgotten by request {k} "
                               f"({done.size} of this request's points were)")
-        forgotten_before = int(self.forgotten().size)
         keep = np.ones(self.train_size, dtype=bool)
-        keep[self.forgotten()] = False
+        keep[forgotten] = False
         keep[idx] = False
         retain = np.flatnonzero(keep)
         if retain.size == 0:
             raise LedgerError("this request would leave no training point")
         entry = {"request": len(self.requests) + 1, "train_size": self.train_size,
-                 "forgotten_before": forgotten_before, "forget_size": int(idx.size),
+                 "forgotten_before": int(forgotten.size), "forget_size": int(idx.size),
                  "forget_sha256": indices_sha256(idx.tolist()), "sha256_before": self.head()}
         check_entry(entry)
         return Request(entry, tuple(sorted(int(i) for i in idx)), retain)

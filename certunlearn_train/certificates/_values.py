@@ -5,8 +5,8 @@ import math
 import re
 from typing import Any, Mapping, TypeGuard
 
-__all__ = ["CertificateError", "check_utc_time", "same_value", "SHA_RE", "is_num", "pos_int", "nonneg", "pos",
-           "opt_pos", "clip_mode"]
+__all__ = ["CertificateError", "check_utc_time", "read_record", "same_value", "SHA_RE", "is_num",
+           "pos_int", "nonneg", "pos", "opt_pos", "clip_mode"]
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -66,3 +66,16 @@ def check_utc_time(value: Any, field: str = "created_utc") -> None:
         when = None
     if when is None or when.utcoffset() != _dt.timedelta(0):
         raise CertificateError(f"{field} must be an ISO 8601 time in UTC, got {value!r}")
+
+
+def read_record(path: str, what: str, limit: int) -> bytes:
+    """The first ``limit`` bytes of the file ``path`` holding a ``what`` (a folder or an
+    unreadable file: :class:`CertificateError` naming it)."""
+    import os
+    if os.path.isdir(path):
+        raise CertificateError(f"{what} {path!r} is a directory")
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(limit)
+    except OSError as exc:
+        raise CertificateError(f"cannot read {what} {path!r}: {exc.strerror}") from None

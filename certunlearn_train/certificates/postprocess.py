@@ -17,11 +17,10 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
-import os
 from typing import Any, Dict, Mapping, Tuple
 
 from ..files import atomic_write_bytes
-from ._values import SHA_RE, CertificateError, check_utc_time, same_value
+from ._values import SHA_RE, CertificateError, check_utc_time, read_record, same_value
 from .checks import VerifyReport
 from .hashing import canonical_bytes, weights_sha256
 
@@ -86,14 +85,7 @@ class PostprocessRecord:
 
     @classmethod
     def load(cls, path: str) -> "PostprocessRecord":
-        if os.path.isdir(path):
-            raise CertificateError(f"post-processing record {path!r} is a directory")
-        try:
-            with open(path, "rb") as fh:
-                raw = fh.read(1 << 20)
-        except OSError as exc:
-            raise CertificateError(f"cannot read post-processing record {path!r}: "
-                                   f"{exc.strerror}") from None
+        raw = read_record(path, "post-processing record", 1 << 20)
         try:
             return cls.from_json(raw.decode("utf-8"))
         except UnicodeDecodeError:

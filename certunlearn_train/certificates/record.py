@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..files import atomic_write_bytes
-from ._values import CertificateError
+from ._values import CertificateError, read_record
 from .checks import VerifyReport, float32_accounted, verify_certificate
 from .schema import FORMAT, FORMAT_V1
 from .signing import sign_record
@@ -131,13 +130,7 @@ class RunCertificate:
 
     @classmethod
     def load(cls, path: str) -> "RunCertificate":
-        if os.path.isdir(path):
-            raise CertificateError(f"certificate {path!r} is a directory")
-        try:
-            with open(path, "rb") as fh:
-                raw = fh.read(64 << 20)
-        except OSError as exc:
-            raise CertificateError(f"cannot read certificate {path!r}: {exc.strerror}") from None
+        raw = read_record(path, "certificate", 64 << 20)
         if raw[:2] == b"PK" or raw[:1] == b"\x80":
             raise CertificateError(f"{path}: this is a model file, not a certificate (usage: "
                                    "certunlearn verify CERT MODEL)")

@@ -262,15 +262,11 @@ def test_ctrl_c_during_demo_exits_130_without_traceback(tmp_path):
     assert not (out / "certificate.json").exists()
 
 
-_INTERRUPT_IN_EXEC = """
-import argparse, sys
+# a command whose handler (defined before this text) runs through the console entry
+_PROBE_COMMAND = """
+import argparse
 import certunlearn_train.cli as cli
 from certunlearn_train.console import run
-
-def handler(args):
-    # the interrupt lands inside an exec of a string, as in dataclasses and namedtuple
-    exec("import os, signal\\nos.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(10**7): pass")
-    return 0
 
 class Parser:
     def parse_args(self, argv):
@@ -278,6 +274,13 @@ class Parser:
 
 cli.build_parser = Parser
 run([])
+"""
+
+_INTERRUPT_IN_EXEC = """
+def handler(args):
+    # the interrupt lands inside an exec of a string, as in dataclasses and namedtuple
+    exec("import os, signal\\nos.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(10**7): pass")
+    return 0
 """
 
 
@@ -298,15 +301,13 @@ def _run_module(folder, name, code):
 def test_interrupt_inside_exec_of_a_string_still_exits_130(tmp_path):
     # CPython marks a KeyboardInterrupt raised in exec(str) as unhandled even when it is caught
     # and then kills the process with SIGINT at exit (exit -2): the cause of a flaky Ctrl-C test
-    res = _run_module(tmp_path, "probe_exec", _INTERRUPT_IN_EXEC)
+    res = _run_module(tmp_path, "probe_exec", _INTERRUPT_IN_EXEC + _PROBE_COMMAND)
     assert res.returncode == 130, (res.returncode, res.stderr)
     assert res.stderr.strip() == "certunlearn probe: interrupted", res.stderr
 
 
 _INTERRUPT_IN_A_DESTRUCTOR = """
-import argparse, os, signal
-import certunlearn_train.cli as cli
-from certunlearn_train.console import run
+import os, signal
 
 class Dropped:
     def __del__(self):
@@ -318,18 +319,11 @@ def handler(args):
     Dropped()
     for _ in range(10**8): pass  # the command goes on: the interrupt must land here
     return 0
-
-class Parser:
-    def parse_args(self, argv):
-        return argparse.Namespace(command="probe", handler=handler)
-
-cli.build_parser = Parser
-run([])
 """
 
 
 def test_an_interrupt_python_would_drop_is_delivered_again(tmp_path):
-    res = _run_module(tmp_path, "probe_dropped", _INTERRUPT_IN_A_DESTRUCTOR)
+    res = _run_module(tmp_path, "probe_dropped", _INTERRUPT_IN_A_DESTRUCTOR + _PROBE_COMMAND)
     assert res.returncode == 130, (res.returncode, res.stderr)
     assert res.stderr.strip() == "certunlearn probe: interrupted", res.stderr
 
