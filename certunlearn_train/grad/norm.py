@@ -31,16 +31,21 @@ def layer_norm_rule(module: nn.LayerNorm, inputs, g):
     return out
 
 
-def group_norm_rule(module: nn.GroupNorm, inputs, g):
-    x = inputs[0]
-    xhat = F.group_norm(x, module.num_groups, eps=module.eps)
-    b, c = x.shape[:2]
+def _channel_affine(module, xhat, g):
+    """Per-sample gradients of a per-channel affine map ``xhat * weight + bias`` (channels on
+    dimension 1) given the output gradient ``g``."""
+    b, c = xhat.shape[:2]
     out = {}
     if module.weight is not None:
         out["weight"] = PerSample((g * xhat).reshape(b, c, -1).sum(2))
     if module.bias is not None:
         out["bias"] = PerSample(g.reshape(b, c, -1).sum(2))
     return out
+
+
+def group_norm_rule(module: nn.GroupNorm, inputs, g):
+    x = inputs[0]
+    return _channel_affine(module, F.group_norm(x, module.num_groups, eps=module.eps), g)
 
 
 register(nn.LayerNorm, layer_norm_rule)
@@ -59,13 +64,7 @@ def batch_norm_rule(module: nn.modules.batchnorm._BatchNorm, inputs, g):
     shape = (1, -1) + (1,) * (x.dim() - 2)
     xhat = (x - module.running_mean.view(shape)) * torch.rsqrt(
         module.running_var.view(shape) + module.eps)
-    b, c = x.shape[:2]
-    out = {}
-    if module.weight is not None:
-        out["weight"] = PerSample((g * xhat).reshape(b, c, -1).sum(2))
-    if module.bias is not None:
-        out["bias"] = PerSample(g.reshape(b, c, -1).sum(2))
-    return out
+    return _channel_affine(module, xhat, g)
 
 
 def batch_norm_check(module) -> Optional[str]:

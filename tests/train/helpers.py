@@ -15,3 +15,17 @@ def tiny_problem(n=24, seed=0):
 def flat_params(model):
     """All parameters of ``model`` as one detached 1-D tensor."""
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+class Pairs(torch.utils.data.Dataset):
+    """A map-style dataset made on the fly: sample i is (x[i], y[i]) (under a process group each
+    rank reads only its slice of every batch)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]

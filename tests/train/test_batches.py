@@ -10,29 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from certunlearn_train.baselines import dpsgd_train, output_perturbation, retrain
 from certunlearn_train.batches import index_batches
 from certunlearn_train.train import train
 from certunlearn_train.unlearn import batch_generator_seed, unlearn
 
-from .helpers import flat_params, tiny_problem
+from .helpers import Pairs, flat_params, tiny_problem
 
 GC = dict(eps=50.0, delta=1e-5, C0=1.0, C1=0.5, lr=0.05, progress=False)
-
-
-class Pairs(Dataset):
-    """A map-style dataset made on the fly: sample i is (x[i], y[i])."""
-
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
 
 
 class Stream(IterableDataset):

@@ -24,7 +24,7 @@ from certunlearn_train import distributed
 from certunlearn_train.baselines import dpsgd_train, output_perturbation, retrain
 from certunlearn_train.unlearn import unlearn
 from tests.hypothesis_budget import examples
-from tests.train.helpers import flat_params, tiny_problem
+from tests.train.helpers import Pairs, flat_params, tiny_problem
 
 PG_TIMEOUT_S = 20.0
 
@@ -79,30 +79,17 @@ def _sc_gc_per_sample_chunked():  # torch.func, clipped and averaged chunk by ch
                    grad_buffer_bytes=1, **GC)
 
 
-class _Pairs(torch.utils.data.Dataset):
-    """A map-style dataset made on the fly (each rank reads only its slice of every batch)."""
-
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-
 def _sc_gc_dataset_per_sample():  # batch 5 over 2 ranks: slices 2 and 3
-    return unlearn(_mlp(), _Pairs(*_data()), steps=5, batch_size=5, clip="per_sample", seed=25,
+    return unlearn(_mlp(), Pairs(*_data()), steps=5, batch_size=5, clip="per_sample", seed=25,
                    finetune_epochs=1.0, finetune_lr=0.1, finetune_batch_size=7, **GC)
 
 
 def _sc_gc_dataset_batch():
-    return unlearn(_mlp(), _Pairs(*_data()), steps=5, batch_size=10, clip="batch", seed=26, **GC)
+    return unlearn(_mlp(), Pairs(*_data()), steps=5, batch_size=10, clip="batch", seed=26, **GC)
 
 
 def _sc_dpsgd_dataset():
-    return dpsgd_train(_mlp(), _Pairs(*_data()), eps=50.0, delta=1e-5, group_size=1, epochs=1.0,
+    return dpsgd_train(_mlp(), Pairs(*_data()), eps=50.0, delta=1e-5, group_size=1, epochs=1.0,
                        lr=0.1, clip=0.5, expected_batch_size=8, seed=27, progress=False)
 
 
@@ -234,15 +221,15 @@ def _loader_runs():
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
     x, y = _data()
-    sampler = DistributedSampler(_Pairs(x, y), shuffle=True, seed=3)
+    sampler = DistributedSampler(Pairs(x, y), shuffle=True, seed=3)
     r = distributed.rank()
     return {
-        "sharded": _outcome(lambda: unlearn(_mlp(), DataLoader(_Pairs(x, y), batch_size=4,
+        "sharded": _outcome(lambda: unlearn(_mlp(), DataLoader(Pairs(x, y), batch_size=4,
                                                                sampler=sampler),
                                             epochs=1.0, **GC)),
         "shard_iterable": _outcome(lambda: unlearn(_mlp(), _Stream(x[r::2], y[r::2]), steps=4,
                                                    batch_size=6, **GC)),
-        "plain_loader": _outcome(lambda: unlearn(_mlp(), DataLoader(_Pairs(x, y), batch_size=4),
+        "plain_loader": _outcome(lambda: unlearn(_mlp(), DataLoader(Pairs(x, y), batch_size=4),
                                                  steps=2, **GC)),
         "same_iterable": _outcome(lambda: unlearn(_mlp(), _Stream(x, y), steps=2, batch_size=4,
                                                   **GC)),
