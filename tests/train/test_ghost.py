@@ -100,12 +100,9 @@ def test_linear_gram_and_formed_routes_both_exact():
               torch.randint(0, 3, (4,)))
 
 
-@SMALL
-@given(b=st.integers(1, 4), cin=st.sampled_from([1, 2, 4]), groups=st.sampled_from([1, 2]),
-       k=st.integers(1, 3), stride=st.integers(1, 2), pad=st.sampled_from([0, 1, "same"]),
-       dil=st.integers(1, 2), mode=st.sampled_from(["zeros", "reflect", "circular"]),
-       size=st.integers(5, 9), two_d=st.booleans(), bias=st.booleans(), seed=st.integers(0, 99))
-def test_conv_any_geometry(b, cin, groups, k, stride, pad, dil, mode, size, two_d, bias, seed):
+def _conv_case(b, cin, groups, k, stride, pad, dil, mode, size, two_d, bias, seed):
+    """A Conv1d/Conv2d of the drawn geometry and its input; ``groups`` (1 where it does not divide
+    ``cin``) is returned with them."""
     if cin % groups:
         groups = 1
     if pad == "same":
@@ -115,6 +112,17 @@ def test_conv_any_geometry(b, cin, groups, k, stride, pad, dil, mode, size, two_
                                                  dilation=dil, groups=groups, bias=bias,
                                                  padding_mode=mode)
     x = torch.randn(b, cin, size, size) if two_d else torch.randn(b, cin, size)
+    return conv, x, groups
+
+
+@SMALL
+@given(b=st.integers(1, 4), cin=st.sampled_from([1, 2, 4]), groups=st.sampled_from([1, 2]),
+       k=st.integers(1, 3), stride=st.integers(1, 2), pad=st.sampled_from([0, 1, "same"]),
+       dil=st.integers(1, 2), mode=st.sampled_from(["zeros", "reflect", "circular"]),
+       size=st.integers(5, 9), two_d=st.booleans(), bias=st.booleans(), seed=st.integers(0, 99))
+def test_conv_any_geometry(b, cin, groups, k, stride, pad, dil, mode, size, two_d, bias, seed):
+    conv, x, groups = _conv_case(b, cin, groups, k, stride, pad, dil, mode, size, two_d, bias,
+                                 seed)
     check(Head(nn.Sequential(conv, nn.Tanh())).build(x), x, torch.randint(0, 3, (b,)))
 
 
@@ -142,15 +150,8 @@ def test_conv_grouped_route_any_geometry(b, cin, groups, k, stride, pad, dil, mo
                                          bias, seed):
     """The per-sample gradients formed by one grouped convolution over the batch: any stride,
     padding (modes), dilation, groups, Conv1d and Conv2d, with and without bias."""
-    if cin % groups:
-        groups = 1
-    if pad == "same":
-        stride = 1
-    torch.manual_seed(seed)
-    conv = (nn.Conv2d if two_d else nn.Conv1d)(cin, 2 * groups, k, stride=stride, padding=pad,
-                                                 dilation=dil, groups=groups, bias=bias,
-                                                 padding_mode=mode)
-    x = torch.randn(b, cin, size, size) if two_d else torch.randn(b, cin, size)
+    conv, x, groups = _conv_case(b, cin, groups, k, stride, pad, dil, mode, size, two_d, bias,
+                                 seed)
     with grouped_route_from(1):
         out = conv(x)
         form = G.conv.conv_rule(conv, (x,), torch.randn_like(out))["weight"]
