@@ -128,7 +128,7 @@ def _check_size(numel: int, element_size: int, what: str) -> None:
         raise NotCovered(f"{what} would need {numel * element_size / 2 ** 30:.1f} GiB")
 
 
-def _gram_sq_norms(left, right, m, n):
+def _gram_sq_norms(left, right, m, n, margin=None):
     f64 = torch.float64
     gl = torch.matmul(left, left.transpose(2, 3))
     gr = torch.matmul(right, right.transpose(2, 3))
@@ -139,11 +139,18 @@ def _gram_sq_norms(left, right, m, n):
     nr = gr.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(n, u))
     s = (nl * nr).sqrt().sum(2)  # (B, G): sum_t ||l_t|| ||r_t||
     bound = (_gamma(m, u) + _gamma(n, u) + 3 * u) * 1.01 * s.square().sum(1)
+    if margin is not None:
+        margin += bound
     return sq.clamp_min(0.0) + bound
 
 
-def sq_norms(rep) -> torch.Tensor:
-    """(B,) float64 squared norms of the per-sample gradients (see the module docstring)."""
+def sq_norms(rep, margin: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B,) float64 squared norms of the per-sample gradients (see the module docstring).
+
+    ``margin`` (B,) float64, when given, gets the rounding bound the route added on top of its
+    computed squares (the Gram route's; zero for the others): the returned value may exceed the
+    exact squared norm by up to about that much, never fall below it.
+    """
     f64 = torch.float64
     if isinstance(rep, PerSample):
         return rep.flat().square().sum(1, dtype=f64)
@@ -164,7 +171,8 @@ def sq_norms(rep) -> torch.Tensor:
         for i in range(0, b, chunk):
             left, right = rep.left[i:i + chunk], rep.right[i:i + chunk]
             if gram:
-                parts.append(_gram_sq_norms(left, right, m, n))
+                parts.append(_gram_sq_norms(left, right, m, n, None if margin is None
+                                            else margin[i:i + chunk]))
             else:
                 blocks = torch.matmul(left.transpose(2, 3), right)
                 parts.append(blocks.reshape(len(blocks), -1).square().sum(1, dtype=f64))

@@ -104,6 +104,10 @@ class GhostClipping:
         self._clone = False          # layer outputs modified in place later: hook returns a copy
         # call pattern whose graph was checked
         self._checked_pattern: Optional[Tuple[int, ...]] = None
+        #: (B,) float64 squared norms of the last call (never below the exact ones), and how
+        #: far above the exact ones the routes' rounding bounds may put them
+        self.last_sq_norms: Optional[torch.Tensor] = None
+        self.last_sq_margin: Optional[torch.Tensor] = None
 
     @classmethod
     def for_model(cls, model: nn.Module, flat, loss_fn: Callable):
@@ -214,11 +218,15 @@ class GhostClipping:
             del calls, used, grads
             combined = {i: _types.combine(r, self.flat.numels[i]) for i, r in uses.items()}
             sq = torch.zeros(b, dtype=torch.float64, device=out.device)
+            margin = torch.zeros_like(sq)
             for rep in combined.values():
-                sq += _types.sq_norms(rep)
+                sq += _types.sq_norms(rep, margin)
             # squares are rounded to the gradients' dtype: never under-estimate a norm
-            sq *= 1.0 + 4 * _types.unit_roundoff(out.dtype)
+            inflate = 1.0 + 4 * _types.unit_roundoff(out.dtype)
+            sq *= inflate
             self.last_sq_norms = sq
+            # how far above the exact squared norms the routes' rounding bounds may put sq
+            self.last_sq_margin = margin * inflate + sq * (1.0 - 1.0 / inflate)
             scale = ((clip / sq.sqrt().clamp_min(1e-300)).clamp(max=1.0) / b).to(out.dtype)
             out.zero_()
             for i, (lo, hi) in enumerate(self.flat.slices()):

@@ -359,6 +359,28 @@ def test_probe_catches_a_model_that_mixes_samples():
     assert src.ghost is None
 
 
+def test_probe_keeps_the_ghost_route_when_the_excess_is_its_own_rounding_bound():
+    # a wide 3x3 convolution takes the Gram route, whose squared norms carry a rigorous
+    # rounding bound well above 1e-3 of the norm here: the safe side, not a layer that mixes
+    # samples, so the probe must not send the model to the slow route
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(512, 128, 3, padding=1, bias=False), nn.Tanh(),
+                          nn.Flatten(), nn.Linear(128 * 64, 3))
+    x, y = torch.randn(3, 512, 8, 8), torch.randint(0, 3, (3,))
+    flat = FlatParameters(model)
+    src = GradientSource(model, flat, "per_sample", 1.0, F.cross_entropy, 3)
+    G.engine._warned.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        src.probe(x, y)
+    assert src.route == "ghost" and src.ghost is not None
+    sq, margin = src.ghost.last_sq_norms, src.ghost.last_sq_margin
+    exact, _ = explicit(model, flat.params, x, y, float("inf"))
+    assert bool((margin > 2e-3 * exact).all())     # a two-sided 1e-3 check would refuse it
+    assert bool((sq >= exact * (1 - 1e-6)).all())  # never below the exact norms
+    assert bool((sq <= exact + 1.01 * margin + 1e-4 * exact).all())
+
+
 class Scale(nn.Module):
     def __init__(self, n):
         super().__init__()
