@@ -1,0 +1,78 @@
+"""The squared norms of formed per-sample gradients are upper bounds of the exact ones.
+
+``row_sq_sums`` sums float32 squares in float32 over runs of 64 numbers and rounds the result
+up by the bound of that order. The exact value is known here independently: the square of a
+float32 is exact in float64 (48 significant bits) and ``math.fsum`` adds them correctly
+rounded, so ``fsum * (1 + 2^-52)`` is at least the exact sum.
+"""
+import math
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from certunlearn_train.grad import _types
+from tests.hypothesis_budget import examples
+
+
+def exact_upper(row: np.ndarray) -> float:
+    return math.fsum(float(v) * float(v) for v in row.astype(np.float64)) * (1 + 2.0 ** -52)
+
+
+def exact_lower(row: np.ndarray) -> float:
+    return math.fsum(float(v) * float(v) for v in row.astype(np.float64)) * (1 - 2.0 ** -52)
+
+
+magnitudes = st.sampled_from([1e-30, 1e-20, 1e-3, 1.0, 1e3, 1e15])
+
+
+@st.composite
+def rows(draw):
+    b = draw(st.integers(1, 4))
+    n = draw(st.sampled_from([1, 5, 63, 64, 65, 128, 200, 1000]))
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(["normal", "spread", "one big"]))
+    scale = draw(magnitudes)
+    if kind == "normal":
+        x = rng.standard_normal((b, n)) * scale
+    elif kind == "spread":   # magnitudes over 40 orders, so float32 sums lose small terms
+        x = rng.standard_normal((b, n)) * 10.0 ** rng.uniform(-20, 20, (b, n))
+    else:                    # one large number then many small ones (the worst order)
+        x = np.full((b, n), scale * 1e-4)
+        x[:, 0] = scale
+    return torch.tensor(x, dtype=torch.float32)
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(rows(), st.booleans())
+def test_row_sq_sums_never_below_the_exact_sum_and_within_its_margin(x, transposed):
+    if transposed and x.shape[0] > 1:  # a non-contiguous input gives the same bound
+        x = x.t().contiguous().t()
+    margin = torch.zeros(x.shape[0], dtype=torch.float64)
+    got = _types.row_sq_sums(x, margin)
+    assert got.dtype == torch.float64 and got.shape == (x.shape[0],)
+    for i, row in enumerate(x.numpy()):
+        hi, lo = exact_upper(row), exact_lower(row)
+        assert float(got[i]) >= hi
+        assert float(got[i]) - lo <= float(margin[i]) + 2.0 ** -51 * hi
+        assert float(margin[i]) <= 1e-4 * hi + 1e-30   # the bound is tight, not a fudge
+
+
+def test_row_sq_sums_float64_rows_are_summed_in_float64():
+    x = torch.randn(3, 500, dtype=torch.float64)
+    got = _types.row_sq_sums(x)
+    torch.testing.assert_close(got, x.square().sum(1), rtol=1e-12, atol=0)
+
+
+def test_outer_with_one_position_is_bounded_like_its_formed_gradient():
+    # G_i = l_i^T r_i: ||G_i||^2 = ||l_i||^2 ||r_i||^2; both factors are rounded up
+    torch.manual_seed(0)
+    left, right = torch.randn(5, 2, 1, 300), torch.randn(5, 2, 1, 70)
+    margin = torch.zeros(5, dtype=torch.float64)
+    got = _types.sq_norms(_types.Outer(left, right), margin)
+    formed = torch.matmul(left.double().transpose(2, 3), right.double())
+    want = formed.reshape(5, -1).square().sum(1)
+    assert bool((got >= want * (1 - 1e-12)).all())
+    assert bool((got - want <= margin + 1e-9 * want).all())
