@@ -138,9 +138,9 @@ SUM_RUN = 64
 def row_sq_sums(rows: torch.Tensor, margin: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B,) float64 upper bounds of the squared norms of the rows of ``rows`` (B, N).
 
-    float64 rows, short rows (N <= ``SUM_RUN``) and rows whose float32 squares overflow are
-    summed in float64. Otherwise the numbers are squared and summed in their dtype
-    over runs of ``SUM_RUN`` consecutive numbers, and the runs' sums in float64. With u the
+    float64 rows, and rows whose squares overflow their dtype, are summed in float64. Otherwise
+    the numbers are squared and summed in their dtype over runs of ``SUM_RUN`` consecutive
+    numbers (the whole row when it is shorter), and the runs' sums in float64. With u the
     unit roundoff of the dtype and k = SUM_RUN, each run's computed sum c satisfies
     |c - e| <= gamma_k e for its exact sum of squares e (nonnegative terms, any order), and
     the float64 sum of the runs adds gamma_R(float64) for R runs; squares that underflow lose
@@ -154,7 +154,13 @@ def row_sq_sums(rows: torch.Tensor, margin: Optional[torch.Tensor] = None) -> to
     f64 = torch.float64
     tiny = 0.0
     out = None
-    if rows.dtype != f64 and n > SUM_RUN:
+    if rows.dtype != f64 and n <= SUM_RUN:
+        out = (rows * rows).sum(1).to(f64)
+        eps = _gamma(n, unit_roundoff(rows.dtype))
+        tiny = n * torch.finfo(rows.dtype).tiny
+        if not bool(torch.isfinite(out).all()):
+            out = None  # a square overflowed the dtype: sum this batch in float64 instead
+    elif rows.dtype != f64:
         if not rows.is_contiguous():
             rows = rows.contiguous()
         k = SUM_RUN

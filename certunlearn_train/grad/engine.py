@@ -100,6 +100,8 @@ class GhostClipping:
         wanted = {id(p): i for i, p in enumerate(flat.params)}
         self._owners = _param_owners(model, wanted)
         self._modules = {id(m): (m, own) for _, m, own in self._owners}
+        self._takes_output = {id(m): bool(getattr(rule_for(m), "takes_output", False))
+                              for _, m, _own in self._owners}
         self._calls: List[_Call] = []
         self._clone = False          # layer outputs modified in place later: hook returns a copy
         # call pattern whose graph was checked
@@ -193,8 +195,10 @@ class GhostClipping:
                 self._check_graph(calls, losses)
                 self._checked_pattern = pattern
             used = [c for c in calls if c.output.requires_grad]
+            # rules that read what autograd saved for a call need the graph kept until then
+            keep = any(self._takes_output.get(id(c.module), False) for c in used)
             grads = torch.autograd.grad(losses.sum(), [c.output for c in used],
-                                        allow_unused=True) if used else []
+                                        allow_unused=True, retain_graph=keep) if used else []
         with torch.no_grad():
             uses: Dict[int, list] = {}
             for c, g in zip(used, grads):
@@ -204,7 +208,8 @@ class GhostClipping:
                 rule = rule_for(c.module)
                 assert rule is not None  # for_model admits only models whose layers all have rules
                 try:
-                    forms = rule.compute(c.module, c.inputs, g)
+                    forms = (rule.compute(c.module, c.inputs, g, output=c.output)
+                             if rule.takes_output else rule.compute(c.module, c.inputs, g))
                 except NotCovered:
                     raise
                 except (RuntimeError, ValueError, IndexError, TypeError) as exc:

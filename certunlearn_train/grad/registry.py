@@ -8,12 +8,17 @@ A rule is a callable ``rule(module, inputs, grad_output) -> {name: form}``:
 * the result maps the name of every direct parameter of ``module`` (``"weight"``, ``"bias"``)
   to one form of :mod:`certunlearn_train.grad._types` (``PerSample``, ``Outer``, ``Rows``).
 
+A rule that also takes a keyword argument ``output`` gets the call's output tensor (as the
+forward returned it, still attached to the graph, so ``output.grad_fn`` holds what autograd
+saved, e.g. the statistics of a normalisation layer).
+
 An optional ``check(module) -> str | None`` returns why a particular instance is not covered
 (for example an Embedding with ``max_norm``), and the model then takes the vmap route.
 Lookup is by exact type: a subclass may change ``forward``, so it needs its own entry.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Dict, NamedTuple, Optional, Type, TypeVar
 
 from torch import nn
@@ -25,6 +30,17 @@ class Rule(NamedTuple):
     compute: Callable
     # called only with instances of the exact type the rule was registered for
     check: Optional[Callable[[Any], Optional[str]]]
+    # compute takes the call's output as the keyword ``output``
+    takes_output: bool = False
+
+
+def _takes_output(rule: Callable) -> bool:
+    try:
+        params = inspect.signature(rule).parameters
+    except (TypeError, ValueError):
+        return False
+    p = params.get("output")
+    return p is not None and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
 
 
 _RULES: Dict[type, Rule] = {}
@@ -50,7 +66,7 @@ def register(module_type: Type[_M], rule: Callable,
         raise ValueError(f"register: rule must be callable, got {type(rule).__name__}")
     if check is not None and not callable(check):
         raise ValueError(f"register: check must be callable or None, got {type(check).__name__}")
-    _RULES[module_type] = Rule(rule, check)
+    _RULES[module_type] = Rule(rule, check, _takes_output(rule))
 
 
 def rule_for(module: nn.Module) -> Optional[Rule]:

@@ -407,6 +407,50 @@ def test_registered_rule_is_used():
         G.register(int, scale_rule)
 
 
+def test_a_rule_taking_output_gets_the_calls_output_with_its_graph():
+    seen = []
+
+    def scale_rule(module, inputs, g, output=None):
+        seen.append((output.shape, output.grad_fn is not None))
+        x = inputs[0]
+        return {"scale": G.PerSample((g * x).reshape(len(x), -1, x.shape[-1]).sum(1))}
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), Scale(4), nn.Tanh(), nn.Linear(4, 3))
+    G.register(Scale, scale_rule)
+    try:
+        check(model, torch.randn(5, 3), torch.randint(0, 3, (5,)))
+    finally:
+        G.registry._RULES.pop(Scale)
+    assert seen == [(torch.Size([5, 4]), True)]
+
+
+def test_layer_norm_reads_the_statistics_of_its_forward(monkeypatch):
+    from certunlearn_train.grad import norm
+    used = []
+    saved = norm._saved_layer_norm_stats
+    monkeypatch.setattr(norm, "_saved_layer_norm_stats",
+                        lambda *a: used.append(saved(*a)) or used[-1])
+    torch.manual_seed(0)
+    ln = nn.LayerNorm([3, 4])
+    with torch.no_grad():
+        ln.weight.normal_()
+        ln.bias.normal_()
+    model = nn.Sequential(nn.Linear(4, 4), ln, nn.Tanh(), nn.Flatten(), nn.Linear(12, 3))
+    x = torch.randn(6, 3, 4) * 5 + 3
+    check(model, x, torch.randint(0, 3, (6,)))
+    assert len(used) == 1 and used[0] is not None
+    # without the forward's graph the rule normalises again, to the same numbers
+    with torch.enable_grad():
+        h = model[0](x)
+        out = ln(h)
+    g = torch.randn_like(out)
+    fast = norm.layer_norm_rule(ln, (h.detach(),), g, output=out)
+    slow = norm.layer_norm_rule(ln, (h.detach(),), g)
+    for k in ("weight", "bias"):
+        torch.testing.assert_close(fast[k].grads, slow[k].grads, rtol=1e-5, atol=1e-6)
+
+
 def test_embedding_with_max_norm_is_not_covered():
     model = nn.Sequential(nn.Embedding(5, 3, max_norm=1.0), nn.Flatten(), nn.Linear(6, 2))
     assert "max_norm" in G.uncovered_reason(model, FlatParameters(model))
