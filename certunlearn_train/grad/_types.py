@@ -24,10 +24,10 @@ Rounding: the Gram route never forms G_i, so its rounded products are not the no
 rounded G_i; it adds a bound on their rounding error (sum_t ||l_t|| ||r_t||)^2 * (gamma_m +
 gamma_n + 3u) (u the unit roundoff of the tensors' dtype, gamma_k = ku/(1-ku)), so that its
 squared norm is never below the exact one. The other forms sum the squares of the formed
-gradients (:func:`row_sq_sums`): in float32 over runs of 64 numbers, then the runs in float64,
-rounded up by the bound of that summation order (relative 2 gamma_64, about 8e-6), so again
-never below the exact squared norm, at a third of the memory traffic of converting every
-number to float64 first.
+gradients (:func:`row_sq_sums`): in float32 over runs of up to 1024 numbers, then the runs in
+float64, rounded up by the bound of that summation order (relative 2 gamma_1024, about
+1.2e-4), so again never below the exact squared norm, at a third of the memory traffic of
+converting every number to float64 first.
 """
 from __future__ import annotations
 
@@ -132,58 +132,104 @@ def _check_size(numel: int, element_size: int, what: str) -> None:
 
 
 #: Numbers summed in the tensors' own dtype before a partial sum goes to float64.
-SUM_RUN = 64
+SUM_RUN = 1024
 
 
-def row_sq_sums(rows: torch.Tensor, margin: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(B,) float64 upper bounds of the squared norms of the rows of ``rows`` (B, N).
+class NormSum:
+    """Per-sample squared norms summed over a model's parameters, never below the exact ones.
 
-    float64 rows, and rows whose squares overflow their dtype, are summed in float64. Otherwise
-    the numbers are squared and summed in their dtype over runs of ``SUM_RUN`` consecutive
-    numbers (the whole row when it is shorter), and the runs' sums in float64. With u the
-    unit roundoff of the dtype and k = SUM_RUN, each run's computed sum c satisfies
-    |c - e| <= gamma_k e for its exact sum of squares e (nonnegative terms, any order), and
-    the float64 sum of the runs adds gamma_R(float64) for R runs; squares that underflow lose
-    at most the smallest normal number each. The result is the computed sum times
-    1 / ((1 - gamma_k)(1 - gamma_R)), plus N times the smallest normal number: never below the
-    exact squared norm. ``margin`` gets what it may exceed it by.
+    Each term comes with its own rounding bound: :meth:`add` takes computed sums of nonnegative
+    terms within relative ``eps`` of the exact sums (and an absolute ``tiny`` for squares that
+    underflowed) and rounds them up by 1 / (1 - eps)^2; :meth:`add_bounded` takes values already
+    at or above the exact ones with the bound they may exceed them by. The bounds themselves
+    are summed only with ``track_margin`` (the probe compares routes with them); a step needs
+    only the norms. ``exact64`` makes the row sums convert every number to float64 first (the
+    fallback when a square overflowed the dtype).
+    """
+
+    def __init__(self, b: int, device, track_margin: bool = False, exact64: bool = False):
+        self.sq = torch.zeros(b, dtype=torch.float64, device=device)
+        self.margin = torch.zeros_like(self.sq) if track_margin else None
+        self.tiny = 0.0
+        self.exact64 = exact64
+
+    def add(self, raw: torch.Tensor, eps: float, tiny: float = 0.0,
+            where: slice = slice(None)) -> None:
+        """``raw`` for the samples ``where`` (all by default)."""
+        factor = 1.0 / (1.0 - eps) ** 2
+        self.sq[where].add_(raw, alpha=factor)
+        if self.margin is not None:
+            self.margin[where].add_(raw, alpha=3.0 * eps * factor)
+        self.tiny += tiny  # (for every sample: a few smallest normal numbers too many)
+
+    def add_bounded(self, value: torch.Tensor, bound: torch.Tensor,
+                    where: slice = slice(None)) -> None:
+        self.sq[where].add_(value)
+        if self.margin is not None:
+            self.margin[where].add_(bound)
+
+    def result(self):
+        """(squared norms, margin or None), both (B,) float64."""
+        sq = self.sq + self.tiny if self.tiny else self.sq
+        # (a square that underflowed may also have been rounded up by up to tiny)
+        margin = None if self.margin is None else self.margin + 2 * self.tiny
+        return sq, margin
+
+
+def _raw_row_sums(rows: torch.Tensor, exact64: bool):
+    """(computed sums of squares of the rows of ``rows`` (B, N) in float64, eps, tiny).
+
+    float64 rows, and every row under ``exact64``, are summed in float64 (the square of a
+    narrower float is exact there; only the sum rounds). Otherwise the numbers are squared and
+    summed in their dtype over runs of ``SUM_RUN`` consecutive numbers (the whole row when it
+    is shorter), and the runs' sums in float64. With u the unit roundoff of the dtype and
+    k = SUM_RUN, each run's computed sum c satisfies |c - e| <= gamma_k e for its exact sum of
+    squares e (nonnegative terms, any order), and the float64 sum of R runs adds
+    gamma_R(float64); each square that underflows loses at most the smallest normal number
+    (``tiny`` = N times it). A square that overflows makes the sum infinite (the caller then
+    sums in float64).
     """
     b = rows.shape[0]
     rows = rows.reshape(b, -1)
     n = rows.shape[1]
     f64 = torch.float64
-    tiny = 0.0
-    out = None
-    if rows.dtype != f64 and n <= SUM_RUN:
-        out = (rows * rows).sum(1).to(f64)
-        eps = _gamma(n, unit_roundoff(rows.dtype))
-        tiny = n * torch.finfo(rows.dtype).tiny
-        if not bool(torch.isfinite(out).all()):
-            out = None  # a square overflowed the dtype: sum this batch in float64 instead
-    elif rows.dtype != f64:
-        if not rows.is_contiguous():
-            rows = rows.contiguous()
-        k = SUM_RUN
-        full = n // k * k
-        runs = rows.as_strided((b, full // k, k), (n, k, 1))
-        out = (runs * runs).sum(2).sum(1, dtype=f64)
-        if full < n:
-            out += rows[:, full:].to(f64).square().sum(1)
-        eps = _gamma(k, unit_roundoff(rows.dtype)) + _gamma(full // k + 1, unit_roundoff(f64))
-        tiny = n * torch.finfo(rows.dtype).tiny
-        if not bool(torch.isfinite(out).all()):
-            out = None  # a square overflowed the dtype: sum this batch in float64 instead
-    if out is None:
-        # squares of narrower floats are exact in float64; only the sum rounds
-        out = rows.to(f64).square().sum(1)
-        eps, tiny = _gamma(n, unit_roundoff(f64)), 0.0
-    out = out * (1.0 / (1.0 - eps) ** 2) + tiny
-    if margin is not None:
-        margin += out * (3.0 * eps) + tiny
-    return out
+    u64 = unit_roundoff(f64)
+    if exact64 or rows.dtype == f64:
+        return rows.to(f64).square().sum(1), _gamma(n + 1, u64), n * torch.finfo(f64).tiny
+    u, tiny = unit_roundoff(rows.dtype), n * torch.finfo(rows.dtype).tiny
+    if n <= SUM_RUN:
+        return torch.linalg.vecdot(rows, rows).to(f64), _gamma(n, u), tiny
+    if not rows.is_contiguous():
+        rows = rows.contiguous()
+    k = SUM_RUN
+    full = n // k * k
+    runs = rows.as_strided((b, full // k, k), (n, k, 1))
+    out = torch.linalg.vecdot(runs, runs).sum(1, dtype=f64)
+    if full < n:
+        out += rows[:, full:].to(f64).square().sum(1)
+    return out, _gamma(k, u) + _gamma(full // k + 1, u64), tiny
 
 
-def _gram_sq_norms(left, right, m, n, margin=None):
+def row_sq_sums(rows: torch.Tensor, margin: Optional[torch.Tensor] = None,
+                exact64: bool = False) -> torch.Tensor:
+    """(B,) float64 upper bounds of the squared norms of the rows of ``rows`` (B, N).
+
+    The sums of :func:`_raw_row_sums` times 1 / ((1 - gamma_k)(1 - gamma_R))^2, plus N times
+    the smallest normal number: never below the exact squared norm. ``margin`` gets what it may
+    exceed it by.
+    """
+    acc = NormSum(rows.shape[0], rows.device, margin is not None, exact64)
+    acc.add(*_raw_row_sums(rows, exact64))
+    sq, extra = acc.result()
+    if not exact64 and not bool(torch.isfinite(sq).all()):
+        return row_sq_sums(rows, margin, exact64=True)  # a square overflowed the dtype
+    if margin is not None and extra is not None:
+        margin += extra
+    return sq
+
+
+def _gram_sq_norms(left, right, m, n):
+    """(squared norms (B,) never below the exact ones, the bound added to reach that)."""
     f64 = torch.float64
     gl = torch.matmul(left, left.transpose(2, 3))
     gr = torch.matmul(right, right.transpose(2, 3))
@@ -194,30 +240,26 @@ def _gram_sq_norms(left, right, m, n, margin=None):
     nr = gr.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(n, u))
     s = (nl * nr).sqrt().sum(2)  # (B, G): sum_t ||l_t|| ||r_t||
     bound = (_gamma(m, u) + _gamma(n, u) + 3 * u) * 1.01 * s.square().sum(1)
-    if margin is not None:
-        margin += bound
-    return sq.clamp_min(0.0) + bound
+    return sq.clamp_min(0.0) + bound, bound
 
 
-def sq_norms(rep, margin: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(B,) float64 squared norms of the per-sample gradients (see the module docstring).
-
-    ``margin`` (B,) float64, when given, gets the rounding bounds the routes added on top of
-    their computed squares: the returned value may exceed the exact squared norm by up to about
-    that much, never fall below it.
-    """
+def accumulate(rep, acc: NormSum) -> None:
+    """Add the (B,) squared norms of one parameter's per-sample gradients to ``acc``."""
     if isinstance(rep, PerSample):
-        return row_sq_sums(rep.flat(), margin)
+        acc.add(*_raw_row_sums(rep.flat(), acc.exact64))
+        return
     if isinstance(rep, Outer):
         b, g, t, m, n = rep.dims
         if t == 1:
-            ml = torch.zeros(b * g, dtype=torch.float64, device=rep.left.device)
-            mr = torch.zeros_like(ml)
-            sl = row_sq_sums(rep.left.reshape(b * g, m), ml)
-            sr = row_sq_sums(rep.right.reshape(b * g, n), mr)
-            if margin is not None:
-                margin += (ml * sr + sl * mr).view(b, g).sum(1)
-            return (sl * sr).view(b, g).sum(1)
+            # ||G_i||^2 = sum_g ||l_g||^2 ||r_g||^2: each factor rounded up to at least its
+            # exact value (tiny included), the product adds one float64 rounding
+            cl, el, tl = _raw_row_sums(rep.left.reshape(b * g, m), acc.exact64)
+            cr, er, tr = _raw_row_sums(rep.right.reshape(b * g, n), acc.exact64)
+            prod = (cl + tl) * (cr + tr)
+            if g > 1:
+                prod = prod.view(b, g).sum(1)
+            acc.add(prod, el + er + _gamma(g + 1, unit_roundoff(torch.float64)))
+            return
         # the (T, T) Gram matrices or the (m, n) blocks of a chunk of samples at a time, so
         # the temporaries stay within WORK_BYTES; the blocks are kept for the weighted sum only
         # when the whole batch fits at once
@@ -225,30 +267,57 @@ def sq_norms(rep, margin: Optional[torch.Tensor] = None) -> torch.Tensor:
         per_sample = g * (2 * t * t if gram else m * n) * rep.left.element_size()
         chunk = max(1, WORK_BYTES // max(per_sample, 1))
         if not gram and chunk >= b:
-            return row_sq_sums(materialise(rep), margin)
-        parts = []
+            acc.add(*_raw_row_sums(materialise(rep), acc.exact64))
+            return
         for i in range(0, b, chunk):
             left, right = rep.left[i:i + chunk], rep.right[i:i + chunk]
-            part = None if margin is None else margin[i:i + chunk]
+            where = slice(i, i + len(left))
             if gram:
-                parts.append(_gram_sq_norms(left, right, m, n, part))
+                value, bound = _gram_sq_norms(left, right, m, n)
+                acc.add_bounded(value, bound, where=where)
             else:
-                parts.append(row_sq_sums(torch.matmul(left.transpose(2, 3), right), part))
-        return torch.cat(parts)
+                raw, eps, tiny = _raw_row_sums(torch.matmul(left.transpose(2, 3), right),
+                                               acc.exact64)
+                acc.add(raw, eps, tiny, where=where)
+        return
     if isinstance(rep, Rows):
+        # a sample's gradient has one row per distinct id, the sum of that id's values: sort
+        # each sample's ids, number the runs of equal ids, and add every position's values into
+        # its run's slot (B * T slots, unused ones stay zero)
         b, t, n = rep.values.shape
-        keys = (torch.arange(b, device=rep.index.device)[:, None] * rep.num_rows
-                + rep.index).reshape(-1)
-        uniq, inv = torch.unique(keys, return_inverse=True)
-        summed = rep.values.new_zeros(len(uniq), n).index_add_(0, inv, rep.values.reshape(-1, n))
-        owner = uniq // rep.num_rows
-        row_margin = torch.zeros(len(uniq), dtype=torch.float64, device=rep.values.device)
-        sq = row_sq_sums(summed, row_margin)
-        if margin is not None:
-            margin.index_add_(0, owner, row_margin)
-        return torch.zeros(b, dtype=torch.float64, device=rep.values.device).index_add_(
-            0, owner, sq)
+        sorted_ids, order = torch.sort(rep.index, dim=1)
+        starts = torch.ones_like(sorted_ids, dtype=torch.bool)
+        starts[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
+        run = torch.empty_like(order).scatter_(1, order, starts.cumsum(1) - 1)
+        slot = run + torch.arange(0, b * t, t, device=run.device)[:, None]
+        summed = rep.values.new_zeros(b * t, n).index_add_(0, slot.reshape(-1),
+                                                           rep.values.reshape(-1, n))
+        raw, eps, tiny = _raw_row_sums(summed, acc.exact64)
+        # a sample's t slots: nonnegative terms added in float64
+        acc.add(raw.view(b, t).sum(1), eps + _gamma(t + 1, unit_roundoff(torch.float64)),
+                t * tiny)
+        return
     raise TypeError(f"unknown per-sample gradient form {type(rep).__name__}")
+
+
+def sq_norms(rep, margin: Optional[torch.Tensor] = None, exact64: bool = False) -> torch.Tensor:
+    """(B,) float64 squared norms of the per-sample gradients, never below the exact ones (see
+    the module docstring and :class:`NormSum`).
+
+    ``margin`` (B,) float64, when given, gets the rounding bounds added on top of the computed
+    squares: the returned value may exceed the exact squared norm by up to that much.
+    """
+    b = _batch(rep)
+    device = (rep.grads if isinstance(rep, PerSample) else
+              rep.left if isinstance(rep, Outer) else rep.values).device
+    acc = NormSum(b, device, margin is not None, exact64)
+    accumulate(rep, acc)
+    sq, extra = acc.result()
+    if not exact64 and not bool(torch.isfinite(sq).all()):
+        return sq_norms(rep, margin, exact64=True)  # a square overflowed the dtype
+    if margin is not None and extra is not None:
+        margin += extra
+    return sq
 
 
 def weighted_sum(rep, s: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -110,6 +110,7 @@ class GhostClipping:
         #: far above the exact ones the routes' rounding bounds may put them
         self.last_sq_norms: Optional[torch.Tensor] = None
         self.last_sq_margin: Optional[torch.Tensor] = None
+        self.track_margin = False
 
     @classmethod
     def for_model(cls, model: nn.Module, flat, loss_fn: Callable):
@@ -165,9 +166,27 @@ class GhostClipping:
                                  "a weight read directly by another module)")
             stack.extend(n for n, _ in node.next_functions)
 
+    def _norms(self, combined, b: int, device):
+        """(B,) squared norms over all parameters (and their margin when tracked)."""
+        acc = _types.NormSum(b, device, self.track_margin)
+        for rep in combined.values():
+            _types.accumulate(rep, acc)
+        sq, margin = acc.result()
+        if not bool(torch.isfinite(sq).all()):
+            # a square overflowed float32 in a row sum (or a gradient is not finite): again,
+            # every number in float64
+            acc = _types.NormSum(b, device, self.track_margin, exact64=True)
+            for rep in combined.values():
+                _types.accumulate(rep, acc)
+            sq, margin = acc.result()
+        return sq, margin
+
     def clipped_mean(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                      clip: float) -> torch.Tensor:
-        """``out`` (d,) <- (1/B) sum_i min(1, clip/||g_i||) g_i; raises NotCovered untouched."""
+        """``out`` (d,) <- (1/B) sum_i min(1, clip/||g_i||) g_i; raises NotCovered untouched.
+
+        With ``track_margin`` set, :attr:`last_sq_margin` says how far above the exact squared
+        norms the rounding bounds may have put :attr:`last_sq_norms` (the probe reads it)."""
         b = len(x)
         with torch.enable_grad():
             logits = self._forward(x)
@@ -222,16 +241,14 @@ class GhostClipping:
                     uses.setdefault(idx, []).append(forms[attr])
             del calls, used, grads
             combined = {i: _types.combine(r, self.flat.numels[i]) for i, r in uses.items()}
-            sq = torch.zeros(b, dtype=torch.float64, device=out.device)
-            margin = torch.zeros_like(sq)
-            for rep in combined.values():
-                sq += _types.sq_norms(rep, margin)
+            sq, margin = self._norms(combined, b, out.device)
             # squares are rounded to the gradients' dtype: never under-estimate a norm
             inflate = 1.0 + 4 * _types.unit_roundoff(out.dtype)
             sq *= inflate
             self.last_sq_norms = sq
             # how far above the exact squared norms the routes' rounding bounds may put sq
-            self.last_sq_margin = margin * inflate + sq * (1.0 - 1.0 / inflate)
+            self.last_sq_margin = None if margin is None else \
+                margin * inflate + sq * (1.0 - 1.0 / inflate)
             scale = ((clip / sq.sqrt().clamp_min(1e-300)).clamp(max=1.0) / b).to(out.dtype)
             out.zero_()
             for i, (lo, hi) in enumerate(self.flat.slices()):

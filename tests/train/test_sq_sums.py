@@ -1,6 +1,6 @@
 """The squared norms of formed per-sample gradients are upper bounds of the exact ones.
 
-``row_sq_sums`` sums float32 squares in float32 over runs of 64 numbers and rounds the result
+``row_sq_sums`` sums float32 squares in float32 over runs of 1024 numbers and rounds the result
 up by the bound of that order. The exact value is known here independently: the square of a
 float32 is exact in float64 (48 significant bits) and ``math.fsum`` adds them correctly
 rounded, so ``fsum * (1 + 2^-52)`` is at least the exact sum.
@@ -30,7 +30,7 @@ magnitudes = st.sampled_from([1e-30, 1e-20, 1e-3, 1.0, 1e3, 1e15])
 @st.composite
 def rows(draw):
     b = draw(st.integers(1, 4))
-    n = draw(st.sampled_from([1, 5, 63, 64, 65, 128, 200, 1000]))
+    n = draw(st.sampled_from([1, 5, 63, 64, 65, 200, 1023, 1024, 1025, 3000]))
     seed = draw(st.integers(0, 2 ** 31 - 1))
     rng = np.random.default_rng(seed)
     kind = draw(st.sampled_from(["normal", "spread", "one big"]))
@@ -57,7 +57,7 @@ def test_row_sq_sums_never_below_the_exact_sum_and_within_its_margin(x, transpos
         hi, lo = exact_upper(row), exact_lower(row)
         assert float(got[i]) >= hi
         assert float(got[i]) - lo <= float(margin[i]) + 2.0 ** -51 * hi
-        assert float(margin[i]) <= 1e-4 * hi + 1e-30   # the bound is tight, not a fudge
+        assert float(margin[i]) <= 5e-4 * hi + 1e-30   # the bound is tight, not a fudge
 
 
 def test_row_sq_sums_float64_rows_are_summed_in_float64():
