@@ -26,6 +26,7 @@ from torch import nn
 
 from ._types import WORK_BYTES, Outer, PerSample
 from .registry import register
+from .workspace import scratch
 
 
 def _as_2d(module, x):
@@ -49,24 +50,40 @@ def _as_2d(module, x):
     return x, module.kernel_size, module.stride, module.dilation, padding
 
 
+def _valid(k_off: int, pad: int, stride: int, size: int, out_size: int):
+    """Output positions o whose input position o * stride + k_off - pad lies in [0, size)."""
+    lo = max(0, -((k_off - pad) // stride))            # ceil((pad - k_off) / stride)
+    hi = min(out_size, (size - 1 + pad - k_off) // stride + 1)
+    return lo, max(lo, hi)
+
+
 def _patches(x, kernel, stride, dilation, padding):
     """F.unfold(x, ...) as (B, C*kh*kw, T), built by kh*kw strided slice copies.
 
     Same values and layout as F.unfold (channel slowest, then kernel row and column), which on
-    the CPU loops over the batch and is up to ten times slower for few-channel inputs.
+    the CPU loops over the batch and is up to ten times slower for few-channel inputs. The zero
+    border is written into the patches directly (no padded copy of the input).
     """
-    if any(padding):
-        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
     b, c, h, w = x.shape
-    ho = (h - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-    wo = (w - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    out = x.new_empty(b, c, kernel[0], kernel[1], ho, wo)
+    ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    out = scratch("patches", (b, c, kernel[0], kernel[1], ho, wo), x)
     for i in range(kernel[0]):
-        r0 = i * dilation[0]
+        r_lo, r_hi = _valid(i * dilation[0], padding[0], stride[0], h, ho)
         for j in range(kernel[1]):
-            c0 = j * dilation[1]
-            out[:, :, i, j].copy_(x[:, :, r0:r0 + stride[0] * (ho - 1) + 1:stride[0],
-                                    c0:c0 + stride[1] * (wo - 1) + 1:stride[1]])
+            c_lo, c_hi = _valid(j * dilation[1], padding[1], stride[1], w, wo)
+            dst = out[:, :, i, j]
+            # the border strips that read the zero padding
+            dst[:, :, :r_lo].zero_()
+            dst[:, :, r_hi:].zero_()
+            dst[:, :, r_lo:r_hi, :c_lo].zero_()
+            dst[:, :, r_lo:r_hi, c_hi:].zero_()
+            if r_lo < r_hi and c_lo < c_hi:
+                r0 = r_lo * stride[0] + i * dilation[0] - padding[0]
+                c0 = c_lo * stride[1] + j * dilation[1] - padding[1]
+                dst[:, :, r_lo:r_hi, c_lo:c_hi].copy_(
+                    x[:, :, r0:r0 + stride[0] * (r_hi - r_lo - 1) + 1:stride[0],
+                      c0:c0 + stride[1] * (c_hi - c_lo - 1) + 1:stride[1]])
     return out.view(b, c * kernel[0] * kernel[1], ho * wo)
 
 

@@ -29,6 +29,7 @@ from torch import nn
 from . import _types
 from ._types import NotCovered
 from .registry import rule_for
+from .workspace import Workspace
 
 __all__ = ["GhostClipping", "NotCovered", "per_sample_losses", "uncovered_reason"]
 
@@ -111,6 +112,8 @@ class GhostClipping:
         self.last_sq_norms: Optional[torch.Tensor] = None
         self.last_sq_margin: Optional[torch.Tensor] = None
         self.track_margin = False
+        # buffers of the rules' large temporaries, reused step after step (CPU)
+        self._workspace = Workspace()
 
     @classmethod
     def for_model(cls, model: nn.Module, flat, loss_fn: Callable):
@@ -220,15 +223,16 @@ class GhostClipping:
                                         allow_unused=True, retain_graph=keep) if used else []
         with torch.no_grad():
             uses: Dict[int, list] = {}
-            for c, g in zip(used, grads):
+            for k, (c, g) in enumerate(zip(used, grads)):
                 if g is None:
                     continue
                 _, own = self._modules[id(c.module)]
                 rule = rule_for(c.module)
                 assert rule is not None  # for_model admits only models whose layers all have rules
                 try:
-                    forms = (rule.compute(c.module, c.inputs, g, output=c.output)
-                             if rule.takes_output else rule.compute(c.module, c.inputs, g))
+                    with self._workspace.active(k):
+                        forms = (rule.compute(c.module, c.inputs, g, output=c.output)
+                                 if rule.takes_output else rule.compute(c.module, c.inputs, g))
                 except NotCovered:
                     raise
                 except (RuntimeError, ValueError, IndexError, TypeError) as exc:

@@ -250,6 +250,26 @@ def test_conv_called_twice_on_either_route(channels):
     check(Twice(), torch.randn(5, 2, 4, 4), torch.randint(0, 4, (5,)))
 
 
+def test_reused_buffers_never_alias_within_a_step_and_are_reused_across_steps(monkeypatch):
+    # every temporary goes through the workspace here (no size threshold): the conv called
+    # twice needs two patch buffers alive at once, and a second step reuses both
+    from certunlearn_train.grad import workspace
+    monkeypatch.setattr(workspace, "MIN_BYTES", 0)
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 2, 5, 5), torch.randint(0, 4, (5,))
+    check(Twice(), x, y)
+    model = Twice()
+    flat = FlatParameters(model)
+    engine = G.GhostClipping(model, flat, F.cross_entropy)
+    first, second = torch.zeros(flat.numel), torch.zeros(flat.numel)
+    engine.clipped_mean(first, x, y, 0.5)
+    buffers = {k: v.data_ptr() for k, v in engine._workspace._buffers.items()}
+    assert len({k[1] for k in buffers}) == 1 and len(buffers) == 2  # two calls, one name
+    engine.clipped_mean(second, x, y, 0.5)
+    assert {k: v.data_ptr() for k, v in engine._workspace._buffers.items()} == buffers
+    assert torch.equal(first, second)
+
+
 def test_any_loss_function():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
