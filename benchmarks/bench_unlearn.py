@@ -20,8 +20,14 @@ the ``--quantile`` (default 0.2) of all timed calls of a row: on a machine where
 processes preempt the benchmark, low quantiles estimate the unloaded cost and medians mostly
 measure the load.
 
+Every row runs in one process under the same allocator settings: ``--malloc keep`` (default,
+what the ``certunlearn`` command sets) keeps freed memory for reuse; ``--malloc default`` leaves
+glibc's settings, under which multi-megabyte tensors page-fault every step (both the plain and
+the per-sample rows pay it, the per-sample ones more).
+
 Run: .venv/bin/python benchmarks/bench_unlearn.py [--batch 64,256] [--threads 1] [--repeats 20]
-     [--rounds 3] [--models digits-mlp,digits-cnn,mlp-784,cifar-cnn,embedding,resnet18-gn]
+     [--rounds 3] [--malloc keep|default]
+     [--models digits-mlp,digits-cnn,mlp-784,cifar-cnn,embedding,resnet18-gn]
      (resnet18-gn: ResNet-18 with GroupNorm, benchmarks/resnet_gn.py; slow, so not a default)
 """
 from __future__ import annotations
@@ -199,7 +205,15 @@ def main(argv=None):
     parser.add_argument("--models", default="digits-mlp,digits-cnn,mlp-784,cifar-cnn,embedding")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-opacus", action="store_true")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep: glibc keeps freed memory (certunlearn_train.allocator, what "
+                             "the certunlearn command does); default: glibc's own settings, "
+                             "under which large tensors page-fault every step")
     args = parser.parse_args(argv)
+    if args.malloc == "keep":
+        from certunlearn_train.allocator import keep_freed_memory
+        if not keep_freed_memory():
+            args.malloc = "default (keep_freed_memory does not apply here)"
     dev = torch.device(args.device)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
@@ -212,7 +226,8 @@ def main(argv=None):
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
         f"{args.threads} thread(s)"
-    print(f"{where}; torch {torch.__version__}; opacus {opacus_version}; ms per step, "
+    print(f"{where}; torch {torch.__version__}; opacus {opacus_version}; malloc "
+          f"{args.malloc}; ms per step, "
           f"{args.quantile:g}-quantile of {args.rounds} round(s) x {args.repeats} calls; "
           f"ratio = ours / plain; vs opacus = fastest Opacus mode / ours")
     cols = ["plain", "ours", "opacus hooks", "opacus ghost"] if with_opacus else ["plain", "ours"]

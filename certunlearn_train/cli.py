@@ -454,6 +454,8 @@ def _main(argv=None) -> int:
         except SystemExit as exc:  # --help / --version
             return exc.code if isinstance(exc.code, int) else EXIT_USAGE
         prog = f"certunlearn {args.command}"
+        from .allocator import keep_freed_memory
+        keep_freed_memory()  # large per-step tensors reuse freed memory (allocator.py)
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         # a second Ctrl-C must not cut the exit short, and an interrupt that landed inside an
