@@ -330,13 +330,18 @@ def weighted_sum(rep, s: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if rep.weighted is not None:
             return out.copy_(rep.weighted(s).reshape(-1))
         b, g, t, m, n = rep.dims
-        sl = rep.left * s[:, None, None, None]
         if g == 1:
-            torch.mm(sl.reshape(b * t, m).t(), rep.right.reshape(b * t, n),
-                     out=out.view(m, n))
-        else:
-            torch.bmm(sl.permute(1, 3, 0, 2).reshape(g, m, b * t),
-                      rep.right.permute(1, 0, 2, 3).reshape(g, b * t, n), out=out.view(g, m, n))
+            # scale the narrower side by s (fewer products), then one (m, B T) x (B T, n) product
+            left, right = rep.left.reshape(b, t * m), rep.right.reshape(b, t * n)
+            if m <= n:
+                left = left * s.view(b, 1)
+            else:
+                right = right * s.view(b, 1)
+            torch.mm(left.reshape(b * t, m).t(), right.reshape(b * t, n), out=out.view(m, n))
+            return out
+        sl = rep.left * s.view(b, 1, 1, 1)
+        torch.bmm(sl.permute(1, 3, 0, 2).reshape(g, m, b * t),
+                  rep.right.permute(1, 0, 2, 3).reshape(g, b * t, n), out=out.view(g, m, n))
         return out
     if isinstance(rep, Rows):
         b, t, n = rep.values.shape

@@ -254,8 +254,9 @@ class GhostClipping:
             self.last_sq_margin = None if margin is None else \
                 margin * inflate + sq * (1.0 - 1.0 / inflate)
             scale = ((clip / sq.sqrt().clamp_min(1e-300)).clamp(max=1.0) / b).to(out.dtype)
-            out.zero_()
             for i, (lo, hi) in enumerate(self.flat.slices()):
                 if i in combined:
                     _types.weighted_sum(combined[i], scale, out[lo:hi])
+                else:  # a parameter this batch did not reach
+                    out[lo:hi].zero_()
         return out

@@ -16,7 +16,9 @@ def linear_rule(module: nn.Linear, inputs, g):
     g = g.reshape(b, 1, -1, module.out_features)
     out: Dict[str, Union[Outer, PerSample]] = {"weight": Outer(g, a)}
     if module.bias is not None:
-        out["bias"] = PerSample(g.sum(2)[:, 0])
+        # one position (2-D input): the output gradient itself
+        out["bias"] = PerSample(g.view(b, module.out_features) if g.shape[2] == 1
+                                else g.sum(2)[:, 0])
     return out
 
 
