@@ -126,6 +126,22 @@ def test_conv_any_geometry(b, cin, groups, k, stride, pad, dil, mode, size, two_
     check(Head(nn.Sequential(conv, nn.Tanh())).build(x), x, torch.randint(0, 3, (b,)))
 
 
+def test_patches_equal_unfold_with_their_zero_border():
+    # the patch copy writes the zero border itself: every kernel, stride, dilation and padding
+    # here, including paddings wider than the kernel reaches and outputs with rows that read
+    # only padding, must give F.unfold's numbers exactly
+    import itertools
+    torch.manual_seed(0)
+    for kh, kw, s, d, ph, pw, h, w in itertools.product(
+            (1, 2, 3), (1, 3), (1, 2, 3), (1, 2), (0, 1, 3), (0, 2, 4), (1, 4, 7), (2, 5)):
+        if h + 2 * ph < d * (kh - 1) + 1 or w + 2 * pw < d * (kw - 1) + 1:
+            continue
+        x = torch.randn(2, 3, h, w)
+        got = G.conv._patches(x, (kh, kw), (s, s), (d, d), (ph, pw))
+        want = F.unfold(x, (kh, kw), dilation=d, padding=(ph, pw), stride=s)
+        assert torch.equal(got, want), (kh, kw, s, d, ph, pw, h, w)
+
+
 class grouped_route_from:
     """Within: the conv rule's grouped-convolution route taken from ``channels`` input channels
     per group (1: wherever the shape allows it; a large number: never)."""
