@@ -165,7 +165,9 @@ class GradientSource:
                 f"clip='per_sample' needs a forward that works under torch.func.vmap, and this "
                 f"model's does not ({type(exc).__name__}: {first[:200]}); use clip='batch' or "
                 "make the forward vmap-compatible") from None
-        if ghost_sq is not None and ghost_margin is not None:
+        if ghost_sq is not None:
+            if ghost_margin is None:
+                ghost_margin = torch.zeros_like(ghost_sq)
             # the rules assume row i of every layer's input and output belongs to sample i; a
             # layer that mixes samples or keeps the batch elsewhere shows up as a disagreement.
             # The ghost norms may sit above the exact ones by their routes' own

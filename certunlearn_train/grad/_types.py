@@ -44,7 +44,23 @@ def unit_roundoff(dtype: torch.dtype) -> float:
 
 
 def _gamma(k: int, u: float) -> float:
+    """k u / (1 - k u): the relative error bound of k roundings (meaningful for k u < 1)."""
+    if k * u >= 0.5:
+        raise NotCovered(f"a rounding bound over {k} terms at unit roundoff {u:.3g} is too "
+                         "loose to certify (a narrow float type or reduced-precision products)")
     return k * u / (1.0 - k * u)
+
+
+def _matmul_roundoff(t: torch.Tensor) -> float:
+    """The unit roundoff of a matrix product of float32 tensors as torch will compute it: TF32
+    or bfloat16 internally when the float32 matmul precision is lowered (or CUDA's TF32 switch
+    is on), else float32's."""
+    u = unit_roundoff(t.dtype)
+    if t.dtype == torch.float32 and (
+            torch.get_float32_matmul_precision() != "highest"
+            or (t.is_cuda and bool(torch.backends.cuda.matmul.allow_tf32))):
+        u = 2.0 ** -8   # bfloat16's, which also covers TF32 (2^-11)
+    return u
 
 
 @dataclass
@@ -179,10 +195,11 @@ class NormSum:
 def _raw_row_sums(rows: torch.Tensor, exact64: bool):
     """(computed sums of squares of the rows of ``rows`` (B, N) in float64, eps, tiny).
 
-    float64 rows, and every row under ``exact64``, are summed in float64 (the square of a
-    narrower float is exact there; only the sum rounds). Otherwise the numbers are squared and
-    summed in their dtype over runs of ``SUM_RUN`` consecutive numbers (the whole row when it
-    is shorter), and the runs' sums in float64. With u the unit roundoff of the dtype and
+    float64 rows, rows of narrower floats than float32 (float16, bfloat16), and every row under
+    ``exact64``, are summed in float64 (the square of a float32 or narrower float is exact
+    there; only the sum rounds). float32 numbers are squared and summed in float32 over runs
+    of ``SUM_RUN`` consecutive numbers (the whole row when it is shorter), and the runs' sums
+    in float64. With u the unit roundoff of float32 and
     k = SUM_RUN, each run's computed sum c satisfies |c - e| <= gamma_k e for its exact sum of
     squares e (nonnegative terms, any order), and the float64 sum of R runs adds
     gamma_R(float64); each square that underflows loses at most the smallest normal number
@@ -194,7 +211,8 @@ def _raw_row_sums(rows: torch.Tensor, exact64: bool):
     n = rows.shape[1]
     f64 = torch.float64
     u64 = unit_roundoff(f64)
-    if exact64 or rows.dtype == f64:
+    if exact64 or rows.dtype != torch.float32:
+        # float64, and narrower floats whose squares float64 holds exactly
         return rows.to(f64).square().sum(1), _gamma(n + 1, u64), n * torch.finfo(f64).tiny
     u, tiny = unit_roundoff(rows.dtype), n * torch.finfo(rows.dtype).tiny
     if n <= SUM_RUN:
@@ -235,12 +253,13 @@ def _gram_sq_norms(left, right, m, n):
     gr = torch.matmul(right, right.transpose(2, 3))
     sq = (gl * gr).sum((1, 2, 3), dtype=f64)
     # ||l_t||^2 and ||r_t||^2 are the Gram diagonals (each within gamma of the truth)
-    u = unit_roundoff(left.dtype)
+    u = _matmul_roundoff(left)
     nl = gl.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(m, u))
     nr = gr.diagonal(dim1=2, dim2=3).to(f64).clamp_min(0.0) * (1.0 + _gamma(n, u))
     s = (nl * nr).sqrt().sum(2)  # (B, G): sum_t ||l_t|| ||r_t||
     bound = (_gamma(m, u) + _gamma(n, u) + 3 * u) * 1.01 * s.square().sum(1)
-    return sq.clamp_min(0.0) + bound, bound
+    # the computed sum may itself sit up to ``bound`` above the exact one
+    return sq.clamp_min(0.0) + bound, 2 * bound
 
 
 def accumulate(rep, acc: NormSum) -> None:
@@ -256,6 +275,11 @@ def accumulate(rep, acc: NormSum) -> None:
             cl, el, tl = _raw_row_sums(rep.left.reshape(b * g, m), acc.exact64)
             cr, er, tr = _raw_row_sums(rep.right.reshape(b * g, n), acc.exact64)
             prod = (cl + tl) * (cr + tr)
+            if acc.margin is not None and (tl or tr):
+                # the underflow allowances are absolute: what they may add beyond the exact
+                # product (each factor may also have been rounded up by its own allowance)
+                extra = 2 * tl * (cr + tr) + 2 * tr * (cl + tl)
+                acc.margin += extra.view(b, g).sum(1) if g > 1 else extra
             if g > 1:
                 prod = prod.view(b, g).sum(1)
             acc.add(prod, el + er + _gamma(g + 1, unit_roundoff(torch.float64)))
@@ -285,6 +309,8 @@ def accumulate(rep, acc: NormSum) -> None:
         # each sample's ids, number the runs of equal ids, and add every position's values into
         # its run's slot (B * T slots, unused ones stay zero)
         b, t, n = rep.values.shape
+        if t == 0 or n == 0:
+            return  # no position: a zero gradient
         sorted_ids, order = torch.sort(rep.index, dim=1)
         starts = torch.ones_like(sorted_ids, dtype=torch.bool)
         starts[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]

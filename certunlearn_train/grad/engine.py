@@ -221,6 +221,8 @@ class GhostClipping:
             keep = any(self._takes_output.get(id(c.module), False) for c in used)
             grads = torch.autograd.grad(losses.sum(), [c.output for c in used],
                                         allow_unused=True, retain_graph=keep) if used else []
+            # what the rules need is held by the calls; the rest of a kept graph can go now
+            del logits, losses
         with torch.no_grad():
             uses: Dict[int, list] = {}
             for k, (c, g) in enumerate(zip(used, grads)):

@@ -206,6 +206,22 @@ def test_embedding_repeated_ids(b, t, vocab, dim, pad, seed):
     check(Head(nn.Sequential(emb, nn.Tanh())).build(ids), ids, torch.randint(0, 3, (b,)))
 
 
+class BagOfIds(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(5, 3)
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, ids):
+        return self.out(self.emb(ids).sum(1))
+
+
+def test_embedding_of_empty_sequences_has_a_zero_gradient():
+    torch.manual_seed(0)
+    # (one label for all, so the identical samples' bias gradients do not cancel in the mean)
+    check(BagOfIds(), torch.zeros(4, 0, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+
+
 @SMALL
 @given(b=st.integers(1, 4), c=st.sampled_from([2, 4]), groups=st.sampled_from([1, 2]),
        layer=st.booleans(), affine=st.booleans(), seed=st.integers(0, 99))

@@ -8,6 +8,7 @@ rounded, so ``fsum * (1 + 2^-52)`` is at least the exact sum.
 import math
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -76,3 +77,54 @@ def test_outer_with_one_position_is_bounded_like_its_formed_gradient():
     want = formed.reshape(5, -1).square().sum(1)
     assert bool((got >= want * (1 - 1e-12)).all())
     assert bool((got - want <= margin + 1e-9 * want).all())
+
+
+def test_gram_norms_are_bounded_and_their_margin_covers_the_excess():
+    # the Gram route's computed sum may itself sit up to its bound above the exact value
+    torch.manual_seed(0)
+    worst = 0.0
+    for _ in range(20):
+        left, right = torch.randn(7, 2, 3, 40), torch.randn(7, 2, 3, 50)
+        rep = _types.Outer(left, right)
+        assert _types._gram_is_cheaper(rep)
+        margin = torch.zeros(7, dtype=torch.float64)
+        got = _types.sq_norms(rep, margin)
+        formed = torch.matmul(left.double().transpose(2, 3), right.double())
+        want = formed.reshape(7, -1).square().sum(1)
+        assert bool((got >= want * (1 - 1e-12)).all())
+        assert bool((got - want <= margin * (1 + 1e-9)).all())
+        worst = max(worst, float(((got - want) / margin).max()))
+    assert worst > 0.5   # the margin is not vacuous
+
+
+def test_one_position_margin_covers_underflowed_factors():
+    left = torch.zeros(1, 1, 1, 8)
+    right = torch.full((1, 1, 1, 8), 1e18)
+    margin = torch.zeros(1, dtype=torch.float64)
+    got = _types.sq_norms(_types.Outer(left, right), margin)
+    assert float(got[0]) >= 0.0 and float(got[0]) <= float(margin[0])
+
+
+def test_narrow_floats_are_summed_exactly_in_float64():
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.full((2, 4096), 0.01, dtype=dtype)
+        got = _types.row_sq_sums(x)
+        exact = float(x[0].double().square().sum())
+        assert float(got[0]) >= exact and float(got[0]) <= exact * (1 + 1e-9)
+
+
+def test_reduced_precision_products_widen_the_gram_bound_or_refuse():
+    torch.manual_seed(0)
+    left, right = torch.randn(4, 1, 3, 40), torch.randn(4, 1, 3, 50)
+    want = torch.matmul(left.double().transpose(2, 3), right.double()).reshape(4, -1) \
+        .square().sum(1)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        got = _types.sq_norms(_types.Outer(left, right))
+        assert bool((got >= want).all())
+        wide = _types.Outer(torch.randn(2, 1, 3, 400), torch.randn(2, 1, 3, 500))
+        with pytest.raises(_types.NotCovered, match="too loose"):
+            _types.sq_norms(wide)
+    finally:
+        torch.set_float32_matmul_precision(before)
