@@ -316,12 +316,23 @@ def accumulate(rep, acc: NormSum) -> None:
         starts[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
         run = torch.empty_like(order).scatter_(1, order, starts.cumsum(1) - 1)
         slot = run + torch.arange(0, b * t, t, device=run.device)[:, None]
-        summed = rep.values.new_zeros(b * t, n).index_add_(0, slot.reshape(-1),
-                                                           rep.values.reshape(-1, n))
-        raw, eps, tiny = _raw_row_sums(summed, acc.exact64)
-        # a sample's t slots: nonnegative terms added in float64
-        acc.add(raw.view(b, t).sum(1), eps + _gamma(t + 1, unit_roundoff(torch.float64)),
-                t * tiny)
+        values = rep.values.reshape(-1, n)
+        f64 = torch.float64
+        u64 = unit_roundoff(f64)
+        # the values of a run are added in float64, which can still lose bits when they cancel:
+        # each run's sum is within gamma_t (float64) * sum_t |v_t| of the exact one, elementwise,
+        # so (Cauchy-Schwarz) ||G_i|| <= ||computed|| + D with D = gamma_t sqrt(t sum_t ||v_t||^2)
+        summed = torch.zeros(b * t, n, dtype=f64, device=values.device).index_add_(
+            0, slot.reshape(-1), values.to(f64))
+        computed = summed.square().sum(1).view(b, t).sum(1)
+        eps = _gamma(n + t + 1, u64)
+        v_raw, v_eps, v_tiny = _raw_row_sums(values, acc.exact64)
+        v_sq = v_raw.view(b, t).sum(1) / (1.0 - v_eps - _gamma(t + 1, u64)) ** 2 + t * v_tiny
+        d = _gamma(t, u64) * (t * v_sq).sqrt()
+        root = (computed / (1.0 - eps) ** 2).sqrt() * (1.0 + 2 * u64)
+        bound = (root + d).square() * (1.0 + 4 * u64)
+        low = (computed.sqrt() * (1.0 - eps) - d).clamp_min(0.0).square()
+        acc.add_bounded(bound, bound - low)
         return
     raise TypeError(f"unknown per-sample gradient form {type(rep).__name__}")
 

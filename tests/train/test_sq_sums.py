@@ -128,3 +128,32 @@ def test_reduced_precision_products_widen_the_gram_bound_or_refuse():
             _types.sq_norms(wide)
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_embedding_rows_whose_values_cancel_are_not_under_estimated():
+    # id 0 three times in one sample: 2^24 + 1 - 2^24 is 0 in float32 and 1 exactly
+    index = torch.tensor([[0, 0, 0], [1, 2, 1]])
+    values = torch.tensor([[[2.0 ** 24], [1.0], [-(2.0 ** 24)]], [[3.0], [4.0], [-1.0]]])
+    margin = torch.zeros(2, dtype=torch.float64)
+    got = _types.sq_norms(_types.Rows(index, values, 3), margin)
+    assert float(got[0]) >= 1.0 and float(got[0]) - 1.0 <= float(margin[0])
+    assert float(got[1]) >= 4.0 + 16.0 and abs(float(got[1]) - 20.0) < 1e-9
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(st.integers(1, 4), st.integers(1, 8), st.integers(1, 5), st.integers(0, 2 ** 31 - 1))
+def test_embedding_row_norms_bound_the_exact_ones(b, t, vocab, seed):
+    rng = np.random.default_rng(seed)
+    index = torch.tensor(rng.integers(0, vocab, (b, t)))
+    values = torch.tensor(rng.standard_normal((b, t, 3)) * 10.0 ** rng.uniform(-8, 8, (b, t, 1)),
+                          dtype=torch.float32)
+    margin = torch.zeros(b, dtype=torch.float64)
+    got = _types.sq_norms(_types.Rows(index, values, vocab), margin)
+    for i in range(b):
+        exact = 0.0
+        for k in set(index[i].tolist()):
+            cols = [math.fsum(float(values[i, p, c]) for p in range(t) if int(index[i, p]) == k)
+                    for c in range(3)]
+            exact += math.fsum(v * v for v in cols)
+        assert float(got[i]) >= exact * (1 - 1e-15)
+        assert float(got[i]) - exact <= float(margin[i]) + 1e-12 * exact
