@@ -15,7 +15,6 @@ musl), where it returns False.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 
 __all__ = ["keep_freed_memory"]
@@ -39,7 +38,7 @@ def keep_freed_memory() -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")  # glibc's soname on Linux (no ldconfig lookup)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
