@@ -144,12 +144,8 @@ class GradientSource:
         ghost_sq = ghost_margin = None
         if self.ghost is not None:
             try:
-                self.ghost.track_margin = True
-                try:
-                    self.ghost.clipped_mean(torch.empty_like(self.flat.grad), x[:n], y[:n],
-                                            self.C1)
-                finally:
-                    self.ghost.track_margin = False
+                self.ghost.clipped_mean(torch.empty_like(self.flat.grad), x[:n], y[:n], self.C1,
+                                        track_margin=True)
                 ghost_sq = self.ghost.last_sq_norms
                 ghost_margin = self.ghost.last_sq_margin
             except NotCovered as exc:

@@ -228,22 +228,14 @@ def _raw_row_sums(rows: torch.Tensor, exact64: bool):
     return out, _gamma(k, u) + _gamma(full // k + 1, u64), tiny
 
 
-def row_sq_sums(rows: torch.Tensor, margin: Optional[torch.Tensor] = None,
-                exact64: bool = False) -> torch.Tensor:
+def row_sq_sums(rows: torch.Tensor, margin: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B,) float64 upper bounds of the squared norms of the rows of ``rows`` (B, N).
 
     The sums of :func:`_raw_row_sums` times 1 / ((1 - gamma_k)(1 - gamma_R))^2, plus N times
     the smallest normal number: never below the exact squared norm. ``margin`` gets what it may
     exceed it by.
     """
-    acc = NormSum(rows.shape[0], rows.device, margin is not None, exact64)
-    acc.add(*_raw_row_sums(rows, exact64))
-    sq, extra = acc.result()
-    if not exact64 and not bool(torch.isfinite(sq).all()):
-        return row_sq_sums(rows, margin, exact64=True)  # a square overflowed the dtype
-    if margin is not None and extra is not None:
-        margin += extra
-    return sq
+    return sq_norms(PerSample(rows), margin)
 
 
 def _gram_sq_norms(left, right, m, n):
@@ -337,21 +329,30 @@ def accumulate(rep, acc: NormSum) -> None:
     raise TypeError(f"unknown per-sample gradient form {type(rep).__name__}")
 
 
-def sq_norms(rep, margin: Optional[torch.Tensor] = None, exact64: bool = False) -> torch.Tensor:
-    """(B,) float64 squared norms of the per-sample gradients, never below the exact ones (see
-    the module docstring and :class:`NormSum`).
+def norms_of(reps, b: int, device, track_margin: bool = False):
+    """(squared norms (B,), margin or None) summed over the forms ``reps``, never below the
+    exact ones (:class:`NormSum`). A square that overflows float32 in a row sum (or a gradient
+    that is not finite) makes the sum infinite: then again, every number in float64."""
+    reps = list(reps)
+    for exact64 in (False, True):
+        acc = NormSum(b, device, track_margin, exact64)
+        for rep in reps:
+            accumulate(rep, acc)
+        sq, margin = acc.result()
+        if bool(torch.isfinite(sq).all()):
+            break
+    return sq, margin
+
+
+def sq_norms(rep, margin: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B,) float64 squared norms of the per-sample gradients of one form, never below the
+    exact ones (see the module docstring and :class:`NormSum`).
 
     ``margin`` (B,) float64, when given, gets the rounding bounds added on top of the computed
     squares: the returned value may exceed the exact squared norm by up to that much.
     """
-    b = _batch(rep)
-    device = (rep.grads if isinstance(rep, PerSample) else
-              rep.left if isinstance(rep, Outer) else rep.values).device
-    acc = NormSum(b, device, margin is not None, exact64)
-    accumulate(rep, acc)
-    sq, extra = acc.result()
-    if not exact64 and not bool(torch.isfinite(sq).all()):
-        return sq_norms(rep, margin, exact64=True)  # a square overflowed the dtype
+    data = _data(rep)
+    sq, extra = norms_of([rep], data.shape[0], data.device, margin is not None)
     if margin is not None and extra is not None:
         margin += extra
     return sq
@@ -389,9 +390,10 @@ def weighted_sum(rep, s: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"unknown per-sample gradient form {type(rep).__name__}")
 
 
-def _batch(rep) -> int:
+def _data(rep) -> torch.Tensor:
+    """The sample-indexed tensor of a form (its batch size and device)."""
     return (rep.grads if isinstance(rep, PerSample) else
-            rep.left if isinstance(rep, Outer) else rep.values).shape[0]
+            rep.left if isinstance(rep, Outer) else rep.values)
 
 
 def _rows_as_outer(rep: Rows) -> Outer:
@@ -418,7 +420,7 @@ def combine(reps: List, numel: int):
                         if len(fast) == len(outer) else None)
             return Outer(torch.cat([o.left for o in outer], 2),
                          torch.cat([o.right for o in outer], 2), weighted)
-    b = _batch(reps[0])
+    b = _data(reps[0]).shape[0]
     _check_size(b * numel, 4, "forming a shared parameter's per-sample gradients")
     total = materialise(reps[0]).clone()
     for r in reps[1:]:

@@ -101,8 +101,6 @@ class GhostClipping:
         wanted = {id(p): i for i, p in enumerate(flat.params)}
         self._owners = _param_owners(model, wanted)
         self._modules = {id(m): (m, own) for _, m, own in self._owners}
-        self._takes_output = {id(m): bool(getattr(rule_for(m), "takes_output", False))
-                              for _, m, _own in self._owners}
         self._calls: List[_Call] = []
         self._clone = False          # layer outputs modified in place later: hook returns a copy
         # call pattern whose graph was checked
@@ -111,7 +109,6 @@ class GhostClipping:
         #: far above the exact ones the routes' rounding bounds may put them
         self.last_sq_norms: Optional[torch.Tensor] = None
         self.last_sq_margin: Optional[torch.Tensor] = None
-        self.track_margin = False
         # buffers of the rules' large temporaries, reused step after step (CPU)
         self._workspace = Workspace()
 
@@ -169,26 +166,11 @@ class GhostClipping:
                                  "a weight read directly by another module)")
             stack.extend(n for n, _ in node.next_functions)
 
-    def _norms(self, combined, b: int, device):
-        """(B,) squared norms over all parameters (and their margin when tracked)."""
-        acc = _types.NormSum(b, device, self.track_margin)
-        for rep in combined.values():
-            _types.accumulate(rep, acc)
-        sq, margin = acc.result()
-        if not bool(torch.isfinite(sq).all()):
-            # a square overflowed float32 in a row sum (or a gradient is not finite): again,
-            # every number in float64
-            acc = _types.NormSum(b, device, self.track_margin, exact64=True)
-            for rep in combined.values():
-                _types.accumulate(rep, acc)
-            sq, margin = acc.result()
-        return sq, margin
-
     def clipped_mean(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                     clip: float) -> torch.Tensor:
+                     clip: float, track_margin: bool = False) -> torch.Tensor:
         """``out`` (d,) <- (1/B) sum_i min(1, clip/||g_i||) g_i; raises NotCovered untouched.
 
-        With ``track_margin`` set, :attr:`last_sq_margin` says how far above the exact squared
+        With ``track_margin``, :attr:`last_sq_margin` says how far above the exact squared
         norms the rounding bounds may have put :attr:`last_sq_norms` (the probe reads it)."""
         b = len(x)
         with torch.enable_grad():
@@ -218,7 +200,7 @@ class GhostClipping:
                 self._checked_pattern = pattern
             used = [c for c in calls if c.output.requires_grad]
             # rules that read what autograd saved for a call need the graph kept until then
-            keep = any(self._takes_output.get(id(c.module), False) for c in used)
+            keep = any(getattr(rule_for(c.module), "takes_output", False) for c in used)
             grads = torch.autograd.grad(losses.sum(), [c.output for c in used],
                                         allow_unused=True, retain_graph=keep) if used else []
             # what the rules need is held by the calls; the rest of a kept graph can go now
@@ -247,7 +229,7 @@ class GhostClipping:
                     uses.setdefault(idx, []).append(forms[attr])
             del calls, used, grads
             combined = {i: _types.combine(r, self.flat.numels[i]) for i, r in uses.items()}
-            sq, margin = self._norms(combined, b, out.device)
+            sq, margin = _types.norms_of(combined.values(), b, out.device, track_margin)
             # squares are rounded to the gradients' dtype: never under-estimate a norm
             inflate = 1.0 + 4 * _types.unit_roundoff(out.dtype)
             sq *= inflate

@@ -11,6 +11,7 @@ the CPU (CUDA has a caching allocator) and with no workspace current, it is ``to
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from typing import Dict, Hashable, Tuple
 
@@ -41,27 +42,20 @@ class Workspace:
 
     def empty(self, key: Tuple[Hashable, ...], shape, dtype: torch.dtype,
               device: torch.device) -> torch.Tensor:
-        numel = 1
-        for s in shape:
-            numel *= int(s)
+        numel = math.prod(shape)
         buf = self._buffers.get(key)
         if buf is None or buf.dtype != dtype or buf.device != device or buf.numel() < numel:
             buf = torch.empty(numel, dtype=dtype, device=device)
             self._buffers[key] = buf
         return buf[:numel].view(shape)
 
-    def clear(self) -> None:
-        self._buffers.clear()
-
 
 def scratch(name: str, shape, like: torch.Tensor) -> torch.Tensor:
     """An uninitialised tensor of ``shape`` with ``like``'s dtype and device; from the current
     workspace when there is one, the device is the CPU and it is at least ``MIN_BYTES``."""
     current = getattr(_current, "value", None)
-    numel = 1
-    for s in shape:
-        numel *= int(s)
-    if current is None or like.device.type != "cpu" or numel * like.element_size() < MIN_BYTES:
+    if (current is None or like.device.type != "cpu"
+            or math.prod(shape) * like.element_size() < MIN_BYTES):
         return like.new_empty(shape)
     workspace, call = current
     return workspace.empty((call, name), shape, like.dtype, like.device)
